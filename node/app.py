@@ -1,0 +1,123 @@
+"""The node's lifecycle: one owner that starts every component, reloads on SIGHUP and stops them in reverse order."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from node import config as config_mod
+from node.config import Config, ConfigError
+from node.diskguard import DiskGuard
+from node.scp import StorageSCP
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Owns the store, the disk guard and the SCP (and, as they land, the other workers)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        for folder in (config.paths.inbox, config.paths.outbox, config.paths.var):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.paths)
+        s = config.storage
+        self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
+        self.scp = StorageSCP(config, self.store, self.disk_guard)
+        self._started = False
+
+    def start(self) -> tuple[str, int]:
+        self.store.sweep_temp()
+        address = self.scp.start()
+        self._started = True
+        return address
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a new config without dropping associations; return the keys that need a restart to change."""
+        needs_restart = []
+        if (new.node.bind, new.node.port, new.node.ae_title) != (self.config.node.bind, self.config.node.port,
+                                                                 self.config.node.ae_title):
+            needs_restart.append("node.bind/port/ae_title")
+        if new.paths != self.config.paths:
+            needs_restart.append("paths")
+        if new.node.tls != self.config.node.tls:
+            needs_restart.append("node.tls")
+        self.scp.apply_policy(new)
+        s = new.storage
+        self.disk_guard.configure(s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
+        self.config = new
+        return needs_restart
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        if not self._started:
+            self.store.close()
+            return
+        self.scp.stop(drain_timeout)
+        self.store.close()
+        self._started = False
+
+
+def run(
+    config: Config,
+    config_path: Path | None = None,
+    stop_event: threading.Event | None = None,
+    on_ready: Callable[[Node], None] | None = None,
+) -> int:
+    """Run the node until SIGTERM/SIGINT (or stop_event); SIGHUP reloads config_path. Returns an exit code."""
+    stop = stop_event or threading.Event()
+    reload_requested = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        # Signal handlers only set events: pynetdicom's shutdown from a handler would hang.
+        stop.set()
+
+    def on_hup(signum: int, _frame: FrameType | None) -> None:
+        reload_requested.set()
+
+    previous = {}
+    if in_main:
+        for sig, handler in ((signal.SIGTERM, on_term), (signal.SIGINT, on_term), (signal.SIGHUP, on_hup)):
+            previous[sig] = signal.signal(sig, handler)
+    node = Node(config)
+    try:
+        host, port = node.start()
+        log.info("dicom-node ready: AE %s on %s:%d, store %s", config.node.ae_title, host, port, config.paths.store)
+        if on_ready is not None:
+            on_ready(node)
+        while not stop.is_set():
+            stop.wait(0.5)
+            if reload_requested.is_set():
+                reload_requested.clear()
+                _reload(node, config_path)
+        log.info("Stopping: draining associations (up to %.0fs)", node.config.node.drain_timeout_s)
+        started = time.monotonic()
+        node.stop()
+        log.info("Stopped in %.1fs", time.monotonic() - started)
+        return 0
+    finally:
+        if node._started:
+            node.stop(0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _reload(node: Node, config_path: Path | None) -> None:
+    if config_path is None:
+        log.warning("SIGHUP ignored: no config file to reload")
+        return
+    try:
+        new = config_mod.load(config_path)
+    except ConfigError as exc:
+        log.error("Reload refused, keeping the running config:\n%s", exc)
+        return
+    needs_restart = node.reload(new)
+    log.info("Configuration reloaded from %s", config_path)
+    if needs_restart:
+        log.warning("Changed settings that only take effect after a restart: %s", ", ".join(needs_restart))

@@ -1,0 +1,433 @@
+"""Storage + Verification SCP: hardened sockets, association policy, and C-STORE handlers that only store and answer."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import shutil
+import socket
+import socketserver
+import ssl
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from node.config import Config
+from node.diskguard import DiskGuard
+from node.store import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, Origin, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# Stream datasets to a temp file instead of memory, whatever their size.
+_config.STORE_RECV_CHUNKED_DATASET = True
+# We log our own events; pynetdicom's per-message logging would flood the journal.
+_config.LOG_HANDLER_LEVEL = "none"
+
+# Uncompressed and the common compressed syntaxes. Deflated Explicit VR LE is deliberately absent:
+# it can inflate without bound (a "deflate bomb") and no modality needs it.
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+# The first PDU must be an A-ASSOCIATE-RQ; real ones are a few kB (128 contexts are < 20 kB).
+MAX_ASSOCIATE_RQ = 1 << 20
+_PDU_HEADER = struct.Struct(">BBL")
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class PduTooLarge(OSError):
+    """A peer declared a PDU longer than we accept; the association is dropped."""
+
+
+class GuardedSocket(socket.socket):
+    """An accepted TCP socket that acknowledges promptly and refuses oversized PDUs.
+
+    TCP_QUICKACK is re-armed after every read (Linux clears it), so a sender whose Nagle algorithm waits for
+    our ACK is not stalled ~40 ms per message by delayed ACKs. PDU framing is tracked as bytes pass, and a PDU
+    declaring more than `max_pdu` bytes raises before any of it is buffered.
+    """
+
+    max_pdu: int = 1 << 20
+    _need: int = 6
+    _in_header: bool = True
+    _header: bytes = b""
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if _TCP_QUICKACK is not None and data:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        if not flags & socket.MSG_PEEK:
+            self._track(data)
+        return data
+
+    def _track(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(self._need, len(view))
+            if self._in_header:
+                self._header += bytes(view[:take])
+            view = view[take:]
+            self._need -= take
+            if self._need:
+                return
+            if self._in_header:
+                pdu_type, _, length = _PDU_HEADER.unpack(self._header)
+                limit = MAX_ASSOCIATE_RQ if pdu_type == 0x01 else self.max_pdu + 64
+                if length > limit:
+                    raise PduTooLarge(f"PDU type 0x{pdu_type:02X} declares {length} bytes (limit {limit})")
+                self._header, self._in_header, self._need = b"", False, length
+                if length == 0:
+                    self._in_header, self._need = True, 6
+            else:
+                self._in_header, self._need = True, 6
+
+
+def _guard(sock: socket.socket, max_pdu: int, timeout: float) -> socket.socket:
+    """Re-wrap an accepted plain socket as a GuardedSocket (TLS sockets are left as they are)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(timeout)
+        return sock
+    guarded = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    guarded.max_pdu = max_pdu
+    guarded.settimeout(timeout)
+    return guarded
+
+
+def _reject_pdu(result: int, source: int, reason: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+    return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
+
+
+@dataclass
+class ScpStats:
+    """Counters the health/metrics layer reads (updated from association threads)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    instances: int = 0
+    bytes: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    store_failures: dict[int, int] = field(default_factory=dict)
+    by_calling_ae: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        with self.lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class StorageSCP:
+    """The node's listener: owns the pynetdicom AE, its server thread and the C-STORE handler."""
+
+    def __init__(self, config: Config, store: Store, disk_guard: DiskGuard, on_stored: Callable[[str], None] | None = None):
+        self.config = config
+        self.store = store
+        self.disk_guard = disk_guard
+        self.on_stored = on_stored
+        self.stats = ScpStats()
+        self._pending = threading.BoundedSemaphore(config.node.max_pending_connections)
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self._accepting = threading.Event()
+        self.ae = self._make_ae()
+
+    # ------------------------------------------------------------ set-up
+
+    def _make_ae(self) -> AE:
+        n = self.config.node
+        ae = AE(ae_title=n.ae_title)
+        ae.maximum_associations = n.max_associations
+        ae.maximum_pdu_size = n.max_pdu
+        ae.acse_timeout = n.acse_timeout_s
+        ae.dimse_timeout = n.dimse_timeout_s
+        ae.network_timeout = n.network_timeout_s
+        ae.require_called_aet = self.config.security.check_called_ae
+        if self.config.security.allowed_calling_aes:
+            ae.require_calling_aet = list(self.config.security.allowed_calling_aes)
+        ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
+        from pynetdicom import AllStoragePresentationContexts
+
+        for cx in AllStoragePresentationContexts:
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        return ae
+
+    def apply_policy(self, config: Config) -> None:
+        """Apply reloadable policy (allow-lists, limits, timeouts) to new associations; running ones continue."""
+        self.config = config
+        n = config.node
+        self.ae.maximum_associations = n.max_associations
+        self.ae.acse_timeout = n.acse_timeout_s
+        self.ae.dimse_timeout = n.dimse_timeout_s
+        self.ae.network_timeout = n.network_timeout_s
+        self.ae.require_called_aet = config.security.check_called_ae
+        self.ae.require_calling_aet = list(config.security.allowed_calling_aes)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.node.tls
+        if not tls.enabled:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        assert tls.certificate is not None and tls.private_key is not None
+        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        if tls.ca_file:
+            ctx.load_verify_locations(str(tls.ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+        if not tls.ca_file:
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def start(self) -> tuple[str, int]:
+        """Bind and start serving in a background thread; returns the bound (host, port)."""
+        # pynetdicom writes chunked datasets with NamedTemporaryFile(): keep them on the store's filesystem
+        # so the durable move into place is a rename, not a copy.
+        tempfile.tempdir = str(self.config.paths.tmp)
+        scp = self
+
+        class Handler(NodeRequestHandler):
+            owner = scp
+
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        n = self.config.node
+        server = self.ae.make_server(
+            (n.bind, n.port),
+            ssl_context=self._ssl_context(),
+            evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=Handler,
+        )
+        server.daemon_threads = True
+        self.ae._servers.append(server)
+        self._server = server
+        self._accepting.set()
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="scp-accept")
+        self._thread.daemon = True
+        self._thread.start()
+        host, port = server.server_address[:2]
+        log.info("Storage SCP %s listening on %s:%d", n.ae_title, host, port)
+        return str(host), int(port)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def active_associations(self) -> int:
+        return len([a for a in self.ae.active_associations if a.is_acceptor])
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let running associations finish up to drain_timeout, then abort the rest."""
+        if self._server is None:
+            return
+        timeout = self.config.node.drain_timeout_s if drain_timeout is None else drain_timeout
+        self._accepting.clear()
+        server = self._server
+        # BaseServer.shutdown stops the accept loop without aborting associations (pynetdicom's would).
+        socketserver.BaseServer.shutdown(server)
+        server.server_close()
+        deadline = time.monotonic() + timeout
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = [a for a in self.ae.active_associations if a.is_acceptor]
+        for assoc in remaining:
+            log.warning("Aborting association from %s still running after %.0fs drain", assoc.requestor.ae_title, timeout)
+            assoc.abort()
+        if server in self.ae._servers:
+            self.ae._servers.remove(server)
+        self._server = None
+        log.info("Storage SCP stopped (%d association(s) aborted after drain)", len(remaining))
+
+    # ------------------------------------------------------------ events
+
+    def _on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        assoc_id = uuid.uuid4().hex[:12]
+        assoc._node_assoc_id = assoc_id  # type: ignore[attr-defined]
+        with self.stats.lock:
+            self.stats.accepted += 1
+        log.info(
+            "Association %s accepted from %s (%s:%s) to %s",
+            assoc_id,
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            assoc.acceptor.ae_title,
+        )
+
+    def _on_rejected(self, event: Event) -> None:
+        assoc = event.assoc
+        self.stats.reject("association")
+        log.warning(
+            "Association rejected from %s (%s) calling %s",
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else "?",
+        )
+
+    def _on_closed(self, event: Event) -> None:
+        assoc_id = getattr(event.assoc, "_node_assoc_id", None)
+        if assoc_id:
+            try:
+                self.store.end_delivery(assoc_id)
+            except Exception:
+                log.exception("Could not close delivery bookkeeping for association %s", assoc_id)
+            log.info("Association %s closed", assoc_id)
+
+    def _handle_store(self, event: Event) -> int:
+        """Store durably, then answer; never success for anything not on disk and indexed."""
+        path = Path(event.dataset_path)
+        request: Any = event.request
+        assoc = event.assoc
+        origin = Origin(
+            calling_ae=str(assoc.requestor.ae_title),
+            peer_ip=str(assoc.requestor.address),
+            assoc_id=getattr(assoc, "_node_assoc_id", ""),
+        )
+        try:
+            if self.disk_guard.tripped():
+                path.unlink(missing_ok=True)
+                self._fail(STATUS_OUT_OF_RESOURCES)
+                return STATUS_OUT_OF_RESOURCES
+            if path.parent != self.config.paths.tmp:
+                path = self._copy_into_tmp(path)
+            size = path.stat().st_size
+            result = self.store.ingest(
+                path,
+                origin,
+                expected_sop_uid=str(request.AffectedSOPInstanceUID),
+                expected_sop_class=str(request.AffectedSOPClassUID),
+                transfer_syntax=str(event.context.transfer_syntax),
+            )
+        except StoreError as exc:
+            log.warning("C-STORE from %s refused with 0x%04X: %s", origin.calling_ae, exc.status, exc.reason)
+            self._fail(exc.status)
+            return exc.status
+        except Exception:
+            log.exception("Unexpected error storing an instance from %s", origin.calling_ae)
+            self._fail(0xC211)
+            return 0xC211
+        with self.stats.lock:
+            self.stats.instances += 1
+            self.stats.bytes += size
+            self.stats.by_calling_ae[origin.calling_ae] = self.stats.by_calling_ae.get(origin.calling_ae, 0) + 1
+        if self.on_stored is not None and not result.duplicate:
+            self.on_stored(result.study_uid)
+        return STATUS_SUCCESS
+
+    def _copy_into_tmp(self, path: Path) -> Path:
+        target = self.store.new_temp_path()
+        shutil.copyfile(path, target)
+        return target
+
+    def _fail(self, status: int) -> None:
+        with self.stats.lock:
+            self.stats.store_failures[status] = self.stats.store_failures.get(status, 0) + 1
+
+
+def _handle_echo(event: Event) -> int:
+    return STATUS_SUCCESS
+
+
+class NodeRequestHandler(RequestHandler):
+    """Screens a connection before pynetdicom sees it: IP allow-list, first-PDU sanity, pending-connection cap."""
+
+    owner: StorageSCP
+
+    def handle(self) -> None:
+        scp = self.owner
+        peer_ip = str(self.client_address[0]) if isinstance(self.client_address, tuple) else ""
+        if not scp._accepting.is_set():
+            self._drop("stopping")
+            return
+        if not scp._pending.acquire(blocking=False):
+            self._drop("too many pending connections")
+            scp.stats.reject("pending_limit")
+            return
+        try:
+            n = scp.config.node
+            sock = self.request
+            assert isinstance(sock, socket.socket)
+            self.request = _guard(sock, n.max_pdu, n.acse_timeout_s)
+            verdict = self._screen(peer_ip)
+        finally:
+            scp._pending.release()
+        if verdict is not None:
+            scp.stats.reject(verdict)
+            log.warning("Connection from %s refused: %s", peer_ip, verdict)
+            with contextlib.suppress(OSError):
+                self.request.close()
+            return
+        assert isinstance(self.request, socket.socket)
+        self.request.settimeout(scp.config.node.network_timeout_s)
+        super().handle()
+
+    def _screen(self, peer_ip: str) -> str | None:
+        """Peek at the first PDU without consuming it; return a refusal reason or None to proceed."""
+        sock = self.request
+        assert isinstance(sock, socket.socket)
+        try:
+            head = sock.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL)
+        except (TimeoutError, OSError):
+            return "no A-ASSOCIATE-RQ within the ACSE timeout"
+        if len(head) < 6:
+            return "connection closed before a PDU header"
+        pdu_type, _, length = _PDU_HEADER.unpack(head)
+        if pdu_type != 0x01:
+            return f"first PDU is type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ"
+        if length > MAX_ASSOCIATE_RQ or length < 68:
+            return f"A-ASSOCIATE-RQ declares an implausible length {length}"
+        if not self._ip_allowed(peer_ip):
+            # Rejected-permanent, service-user, no reason given: polite but final.
+            with contextlib.suppress(OSError):
+                sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
+            return f"peer address {peer_ip} not in security.allowed_hosts"
+        return None
+
+    def _ip_allowed(self, peer_ip: str) -> bool:
+        networks = self.owner.config.security.allowed_networks
+        if not networks:
+            return True
+        try:
+            addr = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in networks)
+
+    def _drop(self, why: str) -> None:
+        log.debug("Dropping connection from %s: %s", self.client_address, why)
+        with contextlib.suppress(OSError):
+            sock: Any = self.request
+            sock.close()
