@@ -298,6 +298,7 @@ class StorageSCP:
         )
 
     def _on_closed(self, event: Event) -> None:
+        _discard_partial_message(event.assoc)
         assoc_id = getattr(event.assoc, "_node_assoc_id", None)
         if assoc_id:
             try:
@@ -355,6 +356,18 @@ class StorageSCP:
     def _fail(self, status: int) -> None:
         with self.stats.lock:
             self.stats.store_failures[status] = self.stats.store_failures.get(status, 0) + 1
+
+
+def _discard_partial_message(assoc: Any) -> None:
+    """An association that ended mid-C-STORE leaves pynetdicom's chunk file behind: remove it (never acknowledged)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    chunk = getattr(message, "_data_set_file", None)
+    if chunk is None:
+        return
+    with contextlib.suppress(OSError):
+        chunk.close()
+        Path(chunk.name).unlink(missing_ok=True)
+        log.info("Discarded a partially received dataset from association %s", getattr(assoc, "_node_assoc_id", "?"))
 
 
 def _handle_echo(event: Event) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
 
 from node.config import Paths
 from node.validators import uid_problem
@@ -164,6 +165,26 @@ def dataset_offset(path: Path) -> int:
     return 144 + group_len
 
 
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def truncation_problem(path: Path, transfer_syntax: str) -> str | None:
+    """Walk the top-level elements without loading values; say why the dataset is cut short, or None."""
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
+    little = transfer_syntax != "1.2.840.10008.1.2.2"
+    size = path.stat().st_size
+    with path.open("rb") as fp:
+        fp.seek(dataset_offset(path))
+        for raw in data_element_generator(fp, implicit, little, defer_size=1):
+            elem: Any = raw
+            if elem.length != _UNDEFINED_LENGTH and elem.value_tell + elem.length > size:
+                return (
+                    f"element {elem.tag} declares {elem.length} bytes at offset {elem.value_tell} "
+                    f"but the dataset ends at {size}: truncated"
+                )
+    return None
+
+
 def dataset_sha256(path: Path) -> str:
     """SHA-256 of the dataset bytes as received (the file meta we write ourselves is excluded)."""
     h = hashlib.sha256()
@@ -260,9 +281,13 @@ class Store:
             ds = dcmread(tmp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
             header = {k: ds.get(k) for k in _HEADER_TAGS}
             ts = transfer_syntax or str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+            truncated = truncation_problem(tmp, ts)
         except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, struct.error, KeyError) as exc:
             self._quarantine(tmp, f"cannot parse dataset: {exc}", origin)
             raise StoreError(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}") from None
+        if truncated:
+            self._quarantine(tmp, truncated, origin)
+            raise StoreError(STATUS_CANNOT_UNDERSTAND, truncated)
         uids = {k: header[k] for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID")}
         for key, value in uids.items():
             problem = uid_problem(str(value) if value is not None else None)
