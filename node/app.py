@@ -9,10 +9,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from node import config as config_mod
 from node.config import Config, ConfigError
 from node.diskguard import DiskGuard
+from node.health import HealthServer, Heartbeat, combine_checks
+from node.metrics import Metrics
+from node.notify import Notifier
+from node.observability import ScpCounterBridge, health_checks
 from node.scp import StorageSCP
 from node.store import Store
 
@@ -30,12 +35,24 @@ class Node:
         s = config.storage
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.scp = StorageSCP(config, self.store, self.disk_guard)
+        self.metrics = Metrics()
+        self.metrics.add_collector(ScpCounterBridge(self))
+        self.heartbeat = Heartbeat("main_loop", max_age_s=30)
+        self.health: HealthServer | None = None
         self._started = False
 
     def start(self) -> tuple[str, int]:
         self.store.sweep_temp()
         address = self.scp.start()
         self._started = True
+        self.heartbeat.beat()
+        h = self.config.health
+        if h.enabled:
+            checks = combine_checks(health_checks(self, self.heartbeat))
+            self.health = HealthServer(h.bind, h.port, checks, self.metrics, allow_remote=h.allow_remote)
+            self.health.start()
+            log.info("Health and metrics on http://%s:%d/healthz and /metrics", h.bind, self.health.port)
+        self.metrics.set("dicomnode_up", 1.0)
         return address
 
     def reload(self, new: Config) -> list[str]:
@@ -58,7 +75,11 @@ class Node:
         if not self._started:
             self.store.close()
             return
+        self.metrics.set("dicomnode_up", 0.0)
         self.scp.stop(drain_timeout)
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
         self.store.close()
         self._started = False
 
@@ -81,21 +102,33 @@ def run(
     def on_hup(signum: int, _frame: FrameType | None) -> None:
         reload_requested.set()
 
-    previous = {}
+    previous: dict[signal.Signals, Any] = {}
     if in_main:
         for sig, handler in ((signal.SIGTERM, on_term), (signal.SIGINT, on_term), (signal.SIGHUP, on_hup)):
             previous[sig] = signal.signal(sig, handler)
+    notifier = Notifier.from_env()
     node = Node(config)
     try:
         host, port = node.start()
         log.info("dicom-node ready: AE %s on %s:%d, store %s", config.node.ae_title, host, port, config.paths.store)
+        notifier.ready(f"listening on {host}:{port}")
         if on_ready is not None:
             on_ready(node)
+        interval = notifier.watchdog_interval()
+        ping_every = interval / 2 if interval else None
+        last_ping = time.monotonic()
         while not stop.is_set():
             stop.wait(0.5)
+            node.heartbeat.beat()
+            if ping_every is not None and time.monotonic() - last_ping >= ping_every:
+                notifier.watchdog()
+                last_ping = time.monotonic()
             if reload_requested.is_set():
                 reload_requested.clear()
+                notifier.reloading()
                 _reload(node, config_path)
+                notifier.ready(f"listening on {host}:{port}")
+        notifier.stopping()
         log.info("Stopping: draining associations (up to %.0fs)", node.config.node.drain_timeout_s)
         started = time.monotonic()
         node.stop()
@@ -115,9 +148,11 @@ def _reload(node: Node, config_path: Path | None) -> None:
     try:
         new = config_mod.load(config_path)
     except ConfigError as exc:
+        node.metrics.inc("dicomnode_config_reloads_total", result="refused")
         log.error("Reload refused, keeping the running config:\n%s", exc)
         return
     needs_restart = node.reload(new)
+    node.metrics.inc("dicomnode_config_reloads_total", result="applied")
     log.info("Configuration reloaded from %s", config_path)
     if needs_restart:
         log.warning("Changed settings that only take effect after a restart: %s", ", ".join(needs_restart))

@@ -112,6 +112,14 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 9112
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
     pynetdicom_level: str = "WARNING"
@@ -127,6 +135,7 @@ class Config:
     paths: Paths
     peers: dict[str, PeerConfig]
     storage: StorageConfig
+    health: HealthConfig
     logging: LoggingConfig
     effective: dict[str, Any] = field(repr=False)
 
@@ -292,6 +301,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         paths=paths,
         peers=peers,
         storage=storage,
+        health=HealthConfig(**effective["health"]),
         logging=LoggingConfig(level=lg["level"], pynetdicom_level=lg["pynetdicom_level"]),
         effective=effective,
     )

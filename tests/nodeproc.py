@@ -28,6 +28,7 @@ def config_dict(root: Path, port: int | None = None, **sections: Any) -> dict[st
         "paths": {"inbox": str(root / "inbox"), "outbox": str(root / "outbox"), "var": str(root / "var")},
         "peers": {"pacs": {"ae_title": "PACS", "host": LOOPBACK, "port": free_port()}},
         "logging": {"level": "INFO"},
+        "health": {"port": 0},
     }
     for section, values in sections.items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
@@ -53,6 +54,7 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(self.data), encoding="utf-8")
         self.log_path = root / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_env: dict[str, str] = {}
 
     @property
     def port(self) -> int:
@@ -64,7 +66,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 30.0) -> NodeProcess:
         log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "daemon.py"), "--config", str(self.config_path)],
             cwd=self.root,
