@@ -22,7 +22,7 @@ LOOPBACK = "127.0.0.1"
 
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=10) as rsp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=10) as rsp:
             return rsp.status, rsp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()

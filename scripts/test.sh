@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (Debian packages + Python deps), lint, type-check, run all tests.
+# Real peers are required: DCMTK, Orthanc, dcm2niix and systemd-analyze; a missing one fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=0
+for tool in /usr/bin/storescu /usr/bin/storescp /usr/bin/echoscu /usr/bin/findscu /usr/bin/movescu \
+            /usr/sbin/Orthanc /usr/bin/dcm2niix /usr/bin/systemd-analyze; do
+    [ -x "$tool" ] || need_apt=1
+done
+if [ "$need_apt" = 1 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "Missing DCMTK/Orthanc/dcm2niix/systemd: run as root or install: apt-get install dcmtk orthanc dcm2niix systemd" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends dcmtk orthanc dcm2niix systemd >/dev/null
+fi
+# The Debian orthanc package may start its own service on 4242; tests run their own Orthanc on free ports.
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/pytest -p no:cacheprovider "$@"
