@@ -24,6 +24,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from node import fastpath
 from node.config import Config
 from node.diskguard import DiskGuard
 from node.store import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, Origin, Store, StoreError
@@ -118,6 +119,23 @@ def _guard(sock: socket.socket, max_pdu: int, timeout: float) -> socket.socket:
     return guarded
 
 
+def _peek_exactly(sock: socket.socket, n: int) -> bytes:
+    """Peek n bytes, waiting up to the socket's timeout; fewer only if the peer closed or the timeout expired.
+
+    MSG_WAITALL is ignored on a non-blocking descriptor, and Python implements socket timeouts with one, so a
+    header arriving in two segments would be seen short. Wait in the kernel instead: blocking mode + SO_RCVTIMEO.
+    """
+    timeout = sock.gettimeout()
+    seconds = 0.0 if timeout is None else max(timeout, 0.001)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
+    try:
+        return sock.recv(n, socket.MSG_PEEK | socket.MSG_WAITALL)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+        sock.settimeout(timeout)
+
+
 def _reject_pdu(result: int, source: int, reason: int) -> bytes:
     """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
     return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
@@ -207,6 +225,7 @@ class StorageSCP:
         # pynetdicom writes chunked datasets with NamedTemporaryFile(): keep them on the store's filesystem
         # so the durable move into place is a rename, not a copy.
         tempfile.tempdir = str(self.config.paths.tmp)
+        fastpath.install()
         scp = self
 
         class Handler(NodeRequestHandler):
@@ -379,6 +398,11 @@ class NodeRequestHandler(RequestHandler):
 
     owner: StorageSCP
 
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        fastpath.accelerate(assoc)
+        return assoc
+
     def handle(self) -> None:
         scp = self.owner
         peer_ip = str(self.client_address[0]) if isinstance(self.client_address, tuple) else ""
@@ -411,8 +435,11 @@ class NodeRequestHandler(RequestHandler):
         """Peek at the first PDU without consuming it; return a refusal reason or None to proceed."""
         sock = self.request
         assert isinstance(sock, socket.socket)
+        if isinstance(sock, ssl.SSLSocket):
+            # SSLSocket.recv refuses MSG_PEEK; the TLS handshake has already filtered stray bytes.
+            return None if self._ip_allowed(peer_ip) else f"peer address {peer_ip} not in security.allowed_hosts"
         try:
-            head = sock.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL)
+            head = _peek_exactly(sock, 6)
         except (TimeoutError, OSError):
             return "no A-ASSOCIATE-RQ within the ACSE timeout"
         if len(head) < 6:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import mmap
 import os
 import shutil
 import sqlite3
@@ -21,6 +22,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
 
+from node import dcmscan
 from node.config import Paths
 from node.validators import uid_problem
 
@@ -175,6 +177,7 @@ def truncation_problem(path: Path, transfer_syntax: str) -> str | None:
     size = path.stat().st_size
     with path.open("rb") as fp:
         fp.seek(dataset_offset(path))
+        end = fp.tell()
         for raw in data_element_generator(fp, implicit, little, defer_size=1):
             elem: Any = raw
             if elem.length != _UNDEFINED_LENGTH and elem.value_tell + elem.length > size:
@@ -182,6 +185,10 @@ def truncation_problem(path: Path, transfer_syntax: str) -> str | None:
                     f"element {elem.tag} declares {elem.length} bytes at offset {elem.value_tell} "
                     f"but the dataset ends at {size}: truncated"
                 )
+            end = fp.tell()  # the generator has moved past this element's value
+    if end < size:
+        # pydicom stops silently on a partial element header; those bytes are a cut-off element.
+        return f"{size - end} byte(s) after the last complete element at offset {end}: truncated element header"
     return None
 
 
@@ -278,10 +285,7 @@ class Store:
         The temp file is consumed in every case: stored, deduplicated, kept as conflict, or quarantined.
         """
         try:
-            ds = dcmread(tmp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            header = {k: ds.get(k) for k in _HEADER_TAGS}
-            ts = transfer_syntax or str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-            truncated = truncation_problem(tmp, ts)
+            header, ts, truncated, sha = _parse(tmp, transfer_syntax)
         except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, struct.error, KeyError) as exc:
             self._quarantine(tmp, f"cannot parse dataset: {exc}", origin)
             raise StoreError(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}") from None
@@ -310,7 +314,6 @@ class Store:
             raise StoreError(STATUS_UID_MISMATCH, reason)
 
         try:
-            sha = dataset_sha256(tmp)
             size = tmp.stat().st_size
             fsync_file(tmp)
             series_dir = self._ensure_dir(self.paths.store / study_uid / series_uid)
@@ -478,6 +481,33 @@ class Store:
         study = dict(zip(names, row, strict=True))
         study["open_deliveries"] = self.query("SELECT COUNT(*) FROM deliveries WHERE study_uid=?", (study_uid,))[0][0]
         return study
+
+
+def _parse(tmp: Path, transfer_syntax: str | None) -> tuple[dict[str, Any], str, str | None, str]:
+    """Key values, transfer syntax, truncation verdict and dataset SHA-256 of a Part 10 file, in one read."""
+    offset = dataset_offset(tmp)
+    ts = transfer_syntax or _meta_transfer_syntax(tmp)
+    with tmp.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)[offset:]
+        try:
+            sha = hashlib.sha256(view).hexdigest()
+            try:
+                scanned = dcmscan.scan(view, ts)
+                header: dict[str, Any] = {k: scanned.values.get(k) for k in _HEADER_TAGS}
+                truncated = scanned.truncated
+            except dcmscan.ScanError:
+                # Unusual encodings (big endian, UN sequences...): let pydicom decide.
+                ds = dcmread(tmp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+                header = {k: ds.get(k) for k in _HEADER_TAGS}
+                truncated = truncation_problem(tmp, ts)
+        finally:
+            view.release()
+    return header, ts, truncated, sha
+
+
+def _meta_transfer_syntax(path: Path) -> str:
+    meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).file_meta
+    return str(meta.get("TransferSyntaxUID", "") or "")
 
 
 def _mkstemp(folder: Path, suffix: str) -> tuple[int, str]:
