@@ -20,7 +20,15 @@ if [ "$need_apt" = 1 ]; then
 fi
 # The Debian orthanc package may start its own service on 4242; tests run their own Orthanc on free ports.
 if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+    if ! python3 -m venv .venv 2>/dev/null; then
+        # Debian splits venv/ensurepip into python3-venv.
+        rm -rf .venv
+        if [ "$(id -u)" = 0 ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        fi
+        python3 -m venv .venv
+    fi
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
