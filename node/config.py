@@ -112,6 +112,14 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class CompletionSection:
+    stable_age_s: float = 60.0
+    max_wait_s: float = 3600.0
+    on_max_wait: str = "process"
+    check_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     enabled: bool = True
     bind: str = "127.0.0.1"
@@ -135,6 +143,7 @@ class Config:
     paths: Paths
     peers: dict[str, PeerConfig]
     storage: StorageConfig
+    completion: CompletionSection
     health: HealthConfig
     logging: LoggingConfig
     effective: dict[str, Any] = field(repr=False)
@@ -301,6 +310,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         paths=paths,
         peers=peers,
         storage=storage,
+        completion=CompletionSection(**{k: v for k, v in effective["completion"].items()}),
         health=HealthConfig(**effective["health"]),
         logging=LoggingConfig(level=lg["level"], pynetdicom_level=lg["pynetdicom_level"]),
         effective=effective,
