@@ -94,6 +94,13 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class TimeWindow:
+    start: str  # "HH:MM" local time
+    end: str  # "HH:MM"; earlier than start means the next day
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     name: str
     ae_title: str
@@ -102,6 +109,19 @@ class PeerConfig:
     max_associations: int = 2
     max_moves: int = 1
     retrieve: str = "move"
+    timeout_s: float = 60.0
+    dimse_timeout_s: float = 600.0
+    windows: tuple[TimeWindow, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestsConfig:
+    rescan_interval_s: float = 30.0
+    settle_s: float = 2.0
+    max_file_bytes: int = 1_048_576
+    max_attempts: int = 8
+    backoff_base_s: float = 30.0
+    backoff_max_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,7 @@ class Config:
     paths: Paths
     peers: dict[str, PeerConfig]
     storage: StorageConfig
+    requests: RequestsConfig
     completion: CompletionSection
     health: HealthConfig
     logging: LoggingConfig
@@ -293,6 +314,11 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
             max_associations=v["max_associations"],
             max_moves=v["max_moves"],
             retrieve=v["retrieve"],
+            timeout_s=float(v["timeout_s"]),
+            dimse_timeout_s=float(v["dimse_timeout_s"]),
+            windows=tuple(
+                TimeWindow(w["start"], w["end"], tuple(w.get("days", TimeWindow.days))) for w in v["windows"]
+            ),
         )
         for name, v in effective["peers"].items()
     }
@@ -310,6 +336,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         paths=paths,
         peers=peers,
         storage=storage,
+        requests=RequestsConfig(**effective["requests"]),
         completion=CompletionSection(**{k: v for k, v in effective["completion"].items()}),
         health=HealthConfig(**effective["health"]),
         logging=LoggingConfig(level=lg["level"], pynetdicom_level=lg["pynetdicom_level"]),
