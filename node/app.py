@@ -12,12 +12,14 @@ from types import FrameType
 from typing import Any
 
 from node import config as config_mod
+from node.completion import CapAction, CompletionConfig, CompletionMonitor
 from node.config import Config, ConfigError
 from node.diskguard import DiskGuard
 from node.health import HealthServer, Heartbeat, combine_checks
 from node.metrics import Metrics
 from node.notify import Notifier
 from node.observability import ScpCounterBridge, health_checks
+from node.processor import Processor
 from node.scp import StorageSCP
 from node.store import Store
 
@@ -39,6 +41,10 @@ class Node:
         self.metrics.add_collector(ScpCounterBridge(self))
         self.heartbeat = Heartbeat("main_loop", max_age_s=30)
         self.health: HealthServer | None = None
+        self.completion = CompletionMonitor(self.store, completion_config(config))
+        self.processor = Processor(config, self.store, self.metrics)
+        self._housekeeping_stop = threading.Event()
+        self._housekeeping: threading.Thread | None = None
         self._started = False
 
     def start(self) -> tuple[str, int]:
@@ -52,8 +58,24 @@ class Node:
             self.health = HealthServer(h.bind, h.port, checks, self.metrics, allow_remote=h.allow_remote)
             self.health.start()
             log.info("Health and metrics on http://%s:%d/healthz and /metrics", h.bind, self.health.port)
+        self.processor.start()
+        self._housekeeping_stop.clear()
+        self._housekeeping = threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
+        self._housekeeping.start()
         self.metrics.set("dicomnode_up", 1.0)
         return address
+
+    def _housekeep(self) -> None:
+        """Completion decisions every check interval; a rescan of ready markers as the watchdog safety net."""
+        last_rescan = time.monotonic()
+        while not self._housekeeping_stop.wait(self.config.completion.check_interval_s):
+            try:
+                self.completion.tick()
+                if time.monotonic() - last_rescan >= self.config.processing.rescan_interval_s:
+                    self.processor.rescan()
+                    last_rescan = time.monotonic()
+            except Exception:  # housekeeping must outlive a bad pass; the next one retries
+                log.exception("Housekeeping pass failed")
 
     def reload(self, new: Config) -> list[str]:
         """Apply a new config without dropping associations; return the keys that need a restart to change."""
@@ -68,6 +90,10 @@ class Node:
         self.scp.apply_policy(new)
         s = new.storage
         self.disk_guard.configure(s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
+        self.completion.config = completion_config(new)
+        self.processor.config = new
+        if new.processing.workers != self.config.processing.workers:
+            needs_restart.append("processing.workers")
         self.config = new
         return needs_restart
 
@@ -77,11 +103,20 @@ class Node:
             return
         self.metrics.set("dicomnode_up", 0.0)
         self.scp.stop(drain_timeout)
+        self._housekeeping_stop.set()
+        if self._housekeeping is not None:
+            self._housekeeping.join(timeout=30)
+        self.processor.stop(self.config.node.drain_timeout_s if drain_timeout is None else drain_timeout)
         if self.health is not None:
             self.health.stop()
             self.health = None
         self.store.close()
         self._started = False
+
+
+def completion_config(config: Config) -> CompletionConfig:
+    c = config.completion
+    return CompletionConfig(c.stable_age_s, c.max_wait_s, CapAction(c.on_max_wait), c.check_interval_s)
 
 
 def run(

@@ -140,6 +140,16 @@ class CompletionSection:
 
 
 @dataclass(frozen=True)
+class ProcessingConfig:
+    workers: int = 1
+    outputs: tuple[str, ...] = ("excel", "nifti")
+    folder_template: str = "<PatientID>_<StudyDate>_<AccessionNumber>"
+    templates_dir: Path | None = None
+    mr_clean_config: Path | None = None
+    rescan_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     enabled: bool = True
     bind: str = "127.0.0.1"
@@ -165,6 +175,8 @@ class Config:
     storage: StorageConfig
     requests: RequestsConfig
     completion: CompletionSection
+    processing: ProcessingConfig
+    nifti: dict[str, Any]
     health: HealthConfig
     logging: LoggingConfig
     effective: dict[str, Any] = field(repr=False)
@@ -329,6 +341,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         disk_check_interval_s=float(s["disk_check_interval_s"]),
     )
     lg = effective["logging"]
+    pr = effective["processing"]
     return Config(
         source=source,
         node=node,
@@ -338,6 +351,15 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         storage=storage,
         requests=RequestsConfig(**effective["requests"]),
         completion=CompletionSection(**{k: v for k, v in effective["completion"].items()}),
+        processing=ProcessingConfig(
+            workers=pr["workers"],
+            outputs=tuple(pr["outputs"]),
+            folder_template=pr["folder_template"],
+            templates_dir=opt_path(pr["templates_dir"]),
+            mr_clean_config=opt_path(pr["mr_clean_config"]),
+            rescan_interval_s=float(pr["rescan_interval_s"]),
+        ),
+        nifti=dict(effective["nifti"]),
         health=HealthConfig(**effective["health"]),
         logging=LoggingConfig(level=lg["level"], pynetdicom_level=lg["pynetdicom_level"]),
         effective=effective,
