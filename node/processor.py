@@ -95,6 +95,8 @@ def _warm() -> int:
 
 def _series_files(study_dir: Path) -> dict[str, list[Path]]:
     series: dict[str, list[Path]] = {}
+    if not study_dir.is_dir():
+        return series
     for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
         files = sorted(series_dir.glob("*.dcm"))
         if files:
