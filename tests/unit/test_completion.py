@@ -55,7 +55,11 @@ def test_an_open_delivery_or_a_pull_holds_completion(tmp_path):
 
 
 def test_the_hard_cap_applies_the_configured_action(tmp_path):
-    expected = {CapAction.WAIT: ("receiving", 0, 0), CapAction.DISCARD: ("discarded", 0, 0), CapAction.PROCESS: ("complete", 1, 1)}
+    expected = {
+        CapAction.WAIT: ("receiving", 0, 0),
+        CapAction.DISCARD: ("discarded", 0, 0),
+        CapAction.PROCESS: ("complete", 1, 1),
+    }
     for action, outcome in expected.items():
         store = make_store(tmp_path / action.value)
         add_study(store, "1.1", first=0, last=990)
