@@ -246,3 +246,85 @@ def multi_series_study(n_series: int = 3, n_slices: int = 10, modality: str = "M
         for i in range(n_series)
     ]
     return StudySpec(series=series, **study_kw)
+
+
+def make_multivolume_series(study: StudySpec, spec: SeriesSpec, volumes: Sequence[dict[str, Any]]) -> list[Dataset]:
+    """One series holding several volumes at the same positions (echoes, 4D time points, DWI directions).
+
+    Each entry of volumes is keyword -> value (or callable(slice_index)) applied to that volume's slices on
+    top of spec.extra; InstanceNumber runs through the volumes in order and pixel values differ per volume.
+    """
+    out: list[Dataset] = []
+    base_fn = spec.pixel_fn or (lambda r, c, k: default_pixels(r, c, k))
+    for v, extra in enumerate(volumes):
+        vspec = SeriesSpec(**{**spec.__dict__, "extra": {**spec.extra, **extra}, "shuffle_instance_numbers": False})
+        vspec.pixel_fn = lambda r, c, k, v=v: ((base_fn(r, c, k).astype(np.int32) + 37 * v) % 4000).astype(np.uint16)
+        for ds in make_series(study, vspec):
+            ds.InstanceNumber = int(ds.InstanceNumber) + v * spec.n_slices
+            out.append(ds)
+    if spec.shuffle_instance_numbers:
+        numbers = [int(ds.InstanceNumber) for ds in out]
+        random.Random(spec.series_number).shuffle(numbers)
+        for ds, n in zip(out, numbers, strict=True):
+            ds.InstanceNumber = n
+    return out
+
+
+def siemens_csa(fields: dict[str, Sequence[str]]) -> bytes:
+    """A Siemens CSA2 ("SV10") header blob holding the given tag names and string values."""
+    import struct
+
+    out = bytearray(b"SV10\x04\x03\x02\x01" + struct.pack("<II", len(fields), 77))
+    for name, values in fields.items():
+        out += struct.pack("<64si4s3i", name.encode("ascii"), len(values), b"DS\0\0", 3, len(values), 77)
+        for value in values:
+            data = value.encode("ascii") + b"\0"
+            out += struct.pack("<4i", len(data), len(data), 77, len(data)) + data + b"\0" * (-len(data) % 4)
+    return bytes(out)
+
+
+def make_mosaic_series(study: StudySpec, spec: SeriesSpec, n_volumes: int = 1,
+                       reverse_slices: bool = False) -> list[Dataset]:
+    """A Siemens-style mosaic series: each file tiles spec.n_slices slices of spec.rows x spec.cols.
+
+    The tiles follow the slice normal (or its opposite with reverse_slices, as the CSA SliceNormalVector
+    then says); one file per volume (fMRI-like when n_volumes > 1); pixel values differ per tile and volume.
+    """
+    import math
+
+    iop = np.array(_iop(spec))
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col) * (-1.0 if reverse_slices else 1.0)
+    side = math.ceil(math.sqrt(spec.n_slices))
+    dy, dx = spec.pixel_spacing
+    first = np.array(spec.origin)
+    corner = first - row * dx * (side - 1) * spec.cols / 2 - col * dy * (side - 1) * spec.rows / 2
+    base_fn = spec.pixel_fn or (lambda r, c, k: default_pixels(r, c, k))
+    csa = siemens_csa({"NumberOfImagesInMosaic": [str(spec.n_slices)],
+                       "SliceNormalVector": [f"{v:.8f}" for v in normal]})
+    out = []
+    for t in range(n_volumes):
+        mosaic = np.zeros((side * spec.rows, side * spec.cols), dtype=np.uint16)
+        for k in range(spec.n_slices):
+            r0, c0 = (k // side) * spec.rows, (k % side) * spec.cols
+            tile = (base_fn(spec.rows, spec.cols, k).astype(np.int32) + 37 * t) % 4000
+            mosaic[r0:r0 + spec.rows, c0:c0 + spec.cols] = tile
+        ds = _base_dataset(study, spec)
+        ds.SOPInstanceUID = new_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = t + 1
+        ds.AcquisitionNumber = t + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        ds.Manufacturer = "SIEMENS"
+        ds.ImagePositionPatient = [round(float(v), 6) for v in corner]
+        ds.SpacingBetweenSlices = spec.slice_spacing
+        ds.AcquisitionMatrix = [spec.cols, 0, 0, spec.rows]
+        ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
+        ds.add_new((0x0019, 0x100A), "US", spec.n_slices)
+        ds.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")
+        ds.add_new((0x0029, 0x1010), "OB", csa)
+        _set_pixels(ds, mosaic)
+        for key, value in spec.extra.items():
+            setattr(ds, key, value(t) if callable(value) else value)
+        out.append(ds)
+    return out
