@@ -33,6 +33,8 @@ from node.validators import is_valid_uid
 log = logging.getLogger(__name__)
 
 ALL_OUTPUTS = ("excel", "nifti")
+# outbox/requests/ holds the request status files; no study folder may take that name.
+RESERVED_FOLDERS = frozenset({"requests"})
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,8 @@ class Processor:
                 foreign = json.loads(existing.read_text(encoding="utf-8")).get("study_uid") != study_uid
             except (OSError, ValueError):
                 foreign = True
-        return disambiguate(name, study_uid) if taken or foreign else name
+        reserved = name.lower() in RESERVED_FOLDERS
+        return disambiguate(name, study_uid) if taken or foreign or reserved else name
 
     def _outputs_for(self, study_uid: str) -> tuple[str, ...]:
         """Outputs asked for by the requests that pulled this study, else the configured default."""

@@ -53,8 +53,12 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
 
-# The first PDU must be an A-ASSOCIATE-RQ; real ones are a few kB (128 contexts are < 20 kB).
-MAX_ASSOCIATE_RQ = 1 << 20
+# The first PDU must be an A-ASSOCIATE-RQ; real ones are a few kB (128 contexts are < 20 kB, < 40 kB even
+# with ten transfer syntaxes each). The screen waits for the whole RQ in the kernel's receive queue (MSG_PEEK),
+# so the bound also caps the buffer each pending connection may make us allocate.
+MAX_ASSOCIATE_RQ = 128 * 1024
+# Default TCP receive buffers reliably queue this much unread data; a larger RQ gets a larger buffer.
+_PEEKABLE_BY_DEFAULT = 32 * 1024
 _PDU_HEADER = struct.Struct(">BBL")
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -119,14 +123,14 @@ def _guard(sock: socket.socket, max_pdu: int, timeout: float) -> socket.socket:
     return guarded
 
 
-def _peek_exactly(sock: socket.socket, n: int) -> bytes:
-    """Peek n bytes, waiting up to the socket's timeout; fewer only if the peer closed or the timeout expired.
+def _peek_exactly(sock: socket.socket, n: int, wait: float | None) -> bytes:
+    """Peek n bytes, waiting up to `wait` seconds; fewer only if the peer closed or the wait expired.
 
     MSG_WAITALL is ignored on a non-blocking descriptor, and Python implements socket timeouts with one, so a
     header arriving in two segments would be seen short. Wait in the kernel instead: blocking mode + SO_RCVTIMEO.
     """
     timeout = sock.gettimeout()
-    seconds = 0.0 if timeout is None else max(timeout, 0.001)
+    seconds = 0.0 if wait is None else max(wait, 0.001)
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
     try:
@@ -243,7 +247,7 @@ class StorageSCP:
             (n.bind, n.port),
             ssl_context=self._ssl_context(),
             evt_handlers=handlers,
-            server_class=ThreadedAssociationServer,
+            server_class=NodeServer,
             request_handler=Handler,
         )
         server.daemon_threads = True
@@ -393,6 +397,16 @@ def _handle_echo(event: Event) -> int:
     return STATUS_SUCCESS
 
 
+class NodeServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a listen backlog sized for bursts (socketserver's default is 5).
+
+    With 5, a burst of connections (a reconnecting modality fleet, or a flood) overflows the accept queue and
+    the kernel drops SYNs: each dropped client, however legitimate, waits >= 1 s for the retransmission.
+    """
+
+    request_queue_size = 128
+
+
 class NodeRequestHandler(RequestHandler):
     """Screens a connection before pynetdicom sees it: IP allow-list, first-PDU sanity, pending-connection cap."""
 
@@ -438,8 +452,10 @@ class NodeRequestHandler(RequestHandler):
         if isinstance(sock, ssl.SSLSocket):
             # SSLSocket.recv refuses MSG_PEEK; the TLS handshake has already filtered stray bytes.
             return None if self._ip_allowed(peer_ip) else f"peer address {peer_ip} not in security.allowed_hosts"
+        wait = sock.gettimeout()
+        deadline = None if wait is None else time.monotonic() + wait
         try:
-            head = _peek_exactly(sock, 6)
+            head = _peek_exactly(sock, 6, wait)
         except (TimeoutError, OSError):
             return "no A-ASSOCIATE-RQ within the ACSE timeout"
         if len(head) < 6:
@@ -454,6 +470,18 @@ class NodeRequestHandler(RequestHandler):
             with contextlib.suppress(OSError):
                 sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
             return f"peer address {peer_ip} not in security.allowed_hosts"
+        # Hand over only a complete RQ: pynetdicom counts a connection against max_associations from its first
+        # byte, so peers that send a plausible header and stall would otherwise lock everyone out.
+        total = 6 + length
+        if total > _PEEKABLE_BY_DEFAULT:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * total + 65536)
+        try:
+            whole = _peek_exactly(sock, total, None if deadline is None else deadline - time.monotonic())
+        except (TimeoutError, OSError):
+            whole = b""
+        if len(whole) < total:
+            return f"A-ASSOCIATE-RQ of {length} bytes not complete within the ACSE timeout"
         return None
 
     def _ip_allowed(self, peer_ip: str) -> bool:

@@ -86,6 +86,19 @@ class NodeProcess:
         assert self.proc is not None
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
+    def peak_rss(self) -> int:
+        """The process's resident-set high-water mark (VmHWM, Linux), in bytes."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text(encoding="ascii")
+        (line,) = [x for x in status.splitlines() if x.startswith("VmHWM:")]
+        return int(line.split()[1]) * 1024
+
+    def restart(self, timeout: float = 30.0) -> NodeProcess:
+        """Start a new daemon on the same root, config, port and var (after kill() or stop())."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("restart() needs the previous daemon stopped or killed first")
+        return self.start(timeout)
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)

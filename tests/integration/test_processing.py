@@ -30,7 +30,8 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
 
 
 def published(outbox: Path) -> list[Path]:
-    return sorted(d for d in outbox.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """Study folders (outbox/requests/ holds request status files, not a study)."""
+    return sorted(d for d in outbox.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "requests")
 
 
 def manifest(folder: Path) -> dict:

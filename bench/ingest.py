@@ -1,0 +1,193 @@
+"""Ingest benchmark: DCMTK storescu into storescp, Orthanc and dicom-node, with Nagle on and off in the sender.
+
+Run from the repository root:
+    .venv/bin/python -m bench.ingest [--n 500] [--procs 1,4] [--only storescp,orthanc,node] [--repeat 3]
+
+Every round uses a fresh receiver (empty storage) so no receiver is timed on duplicates. Receivers run with
+their default environment (no TCP_NODELAY): the point is how each copes with an ordinary sender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.common import NodeProcess, RssSampler, make_mr_files
+from tests.peers import OrthancPeer, StorescpPeer, peer_env, storescu_command
+
+RECEIVERS = ("storescp", "orthanc", "node")
+# Receivers with TCP_NODELAY=1 in their own env too: what DCMTK/Orthanc reach tuned (run 2 only).
+TUNED = {"storescp": "storescp-nd", "orthanc": "orthanc-nd"}
+
+
+@dataclass
+class Round:
+    sender: str  # "nagle-on" (DCMTK default) or "nodelay" (TCP_NODELAY=1 in storescu's env)
+    receiver: str
+    procs: int
+    n: int
+    seconds: float
+    received: int
+    failures: int
+    peak_rss_mb: float | None = None
+    cpu_seconds: float | None = None  # receiver CPU during the round (node only)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Target:
+    host: str
+    port: int
+    ae_title: str
+    count: Callable[[], int]
+    pid: int
+
+
+def split(items: Sequence[Path], k: int) -> list[list[Path]]:
+    return [list(items[i::k]) for i in range(k) if items[i::k]]
+
+
+def send(target: Target, files: Sequence[Path], procs: int, nodelay: bool, workdir: Path) -> tuple[float, int]:
+    """Run `procs` storescu processes at once on disjoint parts of files; wall time and failed runs."""
+    env = peer_env(nodelay)
+    running: list[tuple[subprocess.Popen[bytes], Path]] = []
+    start = time.monotonic()
+    try:
+        for i, part in enumerate(split(files, procs)):
+            log = workdir / f"storescu-{i}.log"
+            argv = storescu_command(target.host, target.port, target.ae_title, part, calling_ae="BENCH")
+            with open(log, "wb") as out:
+                running.append((subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT), log))
+        failures = 0
+        for proc, log in running:
+            if proc.wait(timeout=3600) != 0 or "Store Failed" in log.read_text(errors="replace"):
+                failures += 1
+        return time.monotonic() - start, failures
+    finally:
+        for proc, _ in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def receiver(kind: str, workdir: Path) -> Iterator[tuple[Target, Callable[[], tuple[float, float] | None]]]:
+    """A fresh receiver of the given kind; yields its target and a function giving (peak RSS MB, CPU s) so far."""
+    tuned = kind in TUNED.values()
+    if kind in ("storescp", TUNED["storescp"]):
+        # --fork: one child per association, or concurrent senders would queue behind each other.
+        with StorescpPeer(workdir, ae_title="STORESCP", nodelay=tuned, extra_args=["--fork"]) as scp:
+            assert scp.proc is not None
+            yield Target(scp.host, scp.port, scp.ae_title, lambda: len(scp.received()), scp.proc.pid), lambda: None
+    elif kind in ("orthanc", TUNED["orthanc"]):
+        with OrthancPeer(workdir, ae_title="ORTHANC", nodelay=tuned) as orthanc:
+            assert orthanc.proc is not None
+            target = Target(orthanc.host, orthanc.dicom_port, "ORTHANC", orthanc.instance_count, orthanc.proc.pid)
+            yield target, lambda: None
+    elif kind == "node":
+        with NodeProcess(workdir) as node:
+            assert node.proc is not None
+            sampler = RssSampler(node.proc.pid).start()
+            sampler.sample()
+            cpu_at_start = sampler.cpu_seconds
+
+            def usage() -> tuple[float, float]:
+                sampler.sample()
+                return sampler.peak / 2**20, sampler.cpu_seconds - cpu_at_start
+
+            try:
+                target = Target(node.host, node.port, node.ae_title, node.stored_files, node.proc.pid)
+                yield target, usage
+            finally:
+                sampler.stop()
+    else:
+        raise ValueError(f"unknown receiver {kind!r}")
+
+
+def median_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: Path, tag: str, repeat: int) -> Round:
+    """Run a round `repeat` times (fresh receiver each time) and keep the one with the median time."""
+    runs = sorted((run_round(kind, files, procs, nodelay, tmp, f"{tag}{i}") for i in range(repeat)), key=lambda r: r.seconds)
+    return runs[len(runs) // 2]
+
+
+def run_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: Path, tag: str) -> Round:
+    workdir = tmp / f"{tag}-{kind}-{procs}"
+    workdir.mkdir(parents=True)
+    with receiver(kind, workdir / "peer") as (target, usage_of):
+        seconds, failures = send(target, files, procs, nodelay, workdir)
+        received = target.count()
+        usage = usage_of()
+    sender = "nodelay" if nodelay else "nagle-on"
+    rss, cpu = usage if usage is not None else (None, None)
+    result = Round(sender, kind, procs, len(files), seconds, received, failures, rss, cpu)
+    note = "" if received == len(files) and not failures else f"  !! received {received}/{len(files)}, {failures} failed"
+    print(f"  {sender:8} -> {kind:11} x{procs}: {seconds:7.2f} s {result.rate:8.1f} inst/s{note}", flush=True)
+    return result
+
+
+def table(rounds: list[Round]) -> str:
+    by_key = {(r.sender, r.receiver, r.procs): r for r in rounds}
+    header = f"{'sender':9} {'receiver':11} {'procs':>5} {'seconds':>8} {'inst/s':>8} {'recv':>6}"
+    lines = [header + f" {'node/this':>9} {'rss MB':>7} {'cpu s':>6}"]
+    for r in rounds:
+        node = by_key.get((r.sender, "node", r.procs))
+        ratio = f"{node.rate / r.rate:9.2f}" if node is not None and r.rate > 0 and r.receiver != "node" else " " * 9
+        rss = f"{r.peak_rss_mb:7.1f}" if r.peak_rss_mb is not None else " " * 7
+        cpu = f"{r.cpu_seconds:6.2f}" if r.cpu_seconds is not None else ""
+        lines.append(
+            f"{r.sender:9} {r.receiver:11} {r.procs:5d} {r.seconds:8.2f} {r.rate:8.1f} {r.received:6d} {ratio} {rss} {cpu}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=500, help="instances per round (default 500)")
+    parser.add_argument("--procs", default="1,4", help="concurrent storescu processes per round (default 1,4)")
+    parser.add_argument("--only", default=",".join(RECEIVERS), help="receivers: storescp,orthanc,node")
+    parser.add_argument("--no-nodelay-run", action="store_true", help="skip the second, Nagle-free sender run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per round; the median one is reported")
+    parser.add_argument("--json", type=Path, help="also write the rounds as JSON to this file")
+    args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = set(kinds) - set(RECEIVERS)
+    if unknown:
+        parser.error(f"unknown receivers {sorted(unknown)}; choose from {RECEIVERS}")
+    procs_list = [int(p) for p in args.procs.split(",")]
+
+    rounds: list[Round] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_name:
+        tmp = Path(tmp_name)
+        files = make_mr_files(tmp / "input", args.n)
+        size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
+        print(f"{len(files)} MR instances, {size_kb:.1f} kB each; storescu = DCMTK, receivers on loopback", flush=True)
+        print("run 1: sender with Nagle on (DCMTK default)", flush=True)
+        for procs in procs_list:
+            for kind in kinds:
+                rounds.append(median_round(kind, files, procs, False, tmp, "nagle", args.repeat))
+        if not args.no_nodelay_run:
+            print("run 2: sender with TCP_NODELAY=1", flush=True)
+            for procs in procs_list:
+                run2 = [k for k in kinds if k in ("storescp", "node")] + [TUNED[k] for k in kinds if k in TUNED]
+                for kind in run2:
+                    rounds.append(median_round(kind, files, procs, True, tmp, "nodelay", args.repeat))
+    print()
+    print(table(rounds))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) | {"rate": r.rate} for r in rounds], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
