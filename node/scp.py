@@ -140,6 +140,22 @@ def _peek_exactly(sock: socket.socket, n: int, wait: float | None) -> bytes:
         sock.settimeout(timeout)
 
 
+_REASON_CODES = (
+    ("TLS handshake", "tls_handshake"),
+    ("no A-ASSOCIATE-RQ", "timeout"),
+    ("not complete within", "timeout"),
+    ("connection closed", "closed_early"),
+    ("first PDU is type", "not_associate_rq"),
+    ("implausible length", "bad_length"),
+    ("peer address", "host_not_allowed"),
+)
+
+
+def _reason_code(verdict: str) -> str:
+    """A small fixed vocabulary for metrics labels (verdict texts carry addresses and lengths)."""
+    return next((code for prefix, code in _REASON_CODES if prefix in verdict), "screened")
+
+
 def _reject_pdu(result: int, source: int, reason: int) -> bytes:
     """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
     return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
@@ -406,6 +422,18 @@ class NodeServer(ThreadedAssociationServer):
 
     request_queue_size = 128
 
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept without doing the TLS handshake here: one silent TLS client must not stall every accept.
+
+        pynetdicom wraps with the default do_handshake_on_connect=True in the accept thread; we defer the
+        handshake to the connection's own thread, under the ACSE timeout (NodeRequestHandler.handle).
+        """
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
 
 class NodeRequestHandler(RequestHandler):
     """Screens a connection before pynetdicom sees it: IP allow-list, first-PDU sanity, pending-connection cap."""
@@ -432,18 +460,31 @@ class NodeRequestHandler(RequestHandler):
             sock = self.request
             assert isinstance(sock, socket.socket)
             self.request = _guard(sock, n.max_pdu, n.acse_timeout_s)
-            verdict = self._screen(peer_ip)
+            verdict = self._handshake() or self._screen(peer_ip)
         finally:
             scp._pending.release()
         if verdict is not None:
-            scp.stats.reject(verdict)
-            log.warning("Connection from %s refused: %s", peer_ip, verdict)
+            code = _reason_code(verdict)
+            scp.stats.reject(code)
+            # A connect-and-close is what port probes and load balancers do: not worth a warning.
+            log.log(logging.INFO if code == "closed_early" else logging.WARNING, "Connection from %s refused: %s", peer_ip, verdict)
             with contextlib.suppress(OSError):
                 self.request.close()
             return
         assert isinstance(self.request, socket.socket)
         self.request.settimeout(scp.config.node.network_timeout_s)
         super().handle()
+
+    def _handshake(self) -> str | None:
+        """Finish a deferred TLS handshake within the ACSE timeout; a refusal reason or None."""
+        sock = self.request
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.do_handshake()
+        except (ssl.SSLError, TimeoutError, OSError) as exc:
+            return f"TLS handshake failed: {exc}"
+        return None
 
     def _screen(self, peer_ip: str) -> str | None:
         """Peek at the first PDU without consuming it; return a refusal reason or None to proceed."""
