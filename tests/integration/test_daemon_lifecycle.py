@@ -6,7 +6,6 @@ import json
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 from tests.dicomgen import SeriesSpec, StudySpec, write_study
 from tests.nodeproc import NodeProcess
 from tests.peers import dcmtk, echoscu, free_port, peer_env, storescu, storescu_command
+from tests.waiting import wait_for
 
 LOOPBACK = "127.0.0.1"
 
@@ -26,14 +26,6 @@ def http_get(port: int, path: str) -> tuple[int, str]:
             return rsp.status, rsp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def metric(text: str, name: str) -> float:

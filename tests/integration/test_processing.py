@@ -14,19 +14,9 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from tests.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets, write_study
 from tests.nodeproc import NodeProcess
 from tests.peers import storescu
+from tests.waiting import wait_for
 
 LOOPBACK = "127.0.0.1"
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def published(outbox: Path) -> list[Path]:
