@@ -22,7 +22,7 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from node import completion
+from node import __version__, completion
 from node.completion import StudyState
 from node.config import Config
 from node.metrics import Metrics
@@ -68,8 +68,8 @@ class JobResult:
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for package in ("dicom-node", "pydicom", "pynetdicom", "SimpleITK", "pandas", "openpyxl", "numpy"):
+    out = {"dicom-node": __version__, "python": platform.python_version()}
+    for package in ("pydicom", "pynetdicom", "SimpleITK", "pandas", "openpyxl", "numpy"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from node import __version__
+
 CONVERSION_SOFTWARE = "dicom-node"
-CONVERSION_VERSION = "0.1.0"
+CONVERSION_VERSION = __version__
 
 _MANUFACTURERS = (("SIEMENS", "Siemens"), ("GE ", "GE"), ("GE MEDICAL", "GE"), ("PHILIPS", "Philips"),
                   ("TOSHIBA", "Canon"), ("CANON", "Canon"), ("HITACHI", "Hitachi"), ("UIH", "UIH"),
