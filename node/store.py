@@ -368,7 +368,7 @@ class Store:
 
     def _ensure_dir(self, path: Path) -> Path:
         """Create path (and parents) making each new directory entry durable."""
-        if path in self._known_dirs:
+        if path in self._known_dirs and path.is_dir():
             return path
         with self._dir_lock:
             missing = []
@@ -491,15 +491,11 @@ def _parse(tmp: Path, transfer_syntax: str | None) -> tuple[dict[str, Any], str,
         view = memoryview(mm)[offset:]
         try:
             sha = _sha256_of_mapping(mm, offset)
-            try:
-                scanned = dcmscan.scan(view, ts)
-                header: dict[str, Any] = {k: scanned.values.get(k) for k in _HEADER_TAGS}
-                truncated = scanned.truncated
-            except dcmscan.ScanError:
-                # Unusual encodings (big endian, UN sequences...): let pydicom decide.
-                ds = dcmread(tmp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-                header = {k: ds.get(k) for k in _HEADER_TAGS}
-                truncated = truncation_problem(tmp, ts)
+            # ScanError (a ValueError) means malformed: the caller quarantines it. No unbounded fallback
+            # reader: a hostile "dataset" of zeros must cost microseconds, not minutes.
+            scanned = dcmscan.scan(view, ts)
+            header: dict[str, Any] = {k: scanned.values.get(k) for k in _HEADER_TAGS}
+            truncated = scanned.truncated
         finally:
             view.release()
     return header, ts, truncated, sha

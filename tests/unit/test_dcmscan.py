@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def part10(path: Path):
         return None
     ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     offset = dataset_offset(path)
-    if not ts or offset == 0 or ts == dcmscan.EXPLICIT_VR_BE or ts.endswith(".99"):
+    if not ts or offset == 0 or ts.endswith(".99"):
         return None
     return ds, ts, path.read_bytes()[offset:]
 
@@ -37,10 +36,7 @@ def test_the_walker_extracts_the_same_values_as_pydicom(path):
     if parsed is None:
         return  # not a little-endian Part 10 file: the store falls back to pydicom for those
     ds, ts, data = parsed
-    try:
-        result = dcmscan.scan(data, ts)
-    except dcmscan.ScanError:
-        return  # the store falls back to pydicom; what matters is never a wrong value
+    result = dcmscan.scan(data, ts)  # every shipped sample: big endian, UN sequences, mislabelled VR
     if "truncated" in path.name:
         assert result.truncated is not None  # pydicom reads these leniently; the store must refuse them
         return
@@ -51,18 +47,10 @@ def test_the_walker_extracts_the_same_values_as_pydicom(path):
             assert result.values.get(keyword) == expected, keyword
 
 
-def test_most_shipped_files_take_the_fast_path():
-    fast = 0
-    for path in SAMPLES:
-        parsed = part10(path)
-        if parsed is None:
-            continue
-        try:
-            dcmscan.scan(parsed[2], parsed[1])
-            fast += 1
-        except dcmscan.ScanError:
-            pass
-    assert fast >= 0.8 * len([p for p in SAMPLES if part10(p) is not None])
+def test_megabytes_of_zeros_are_refused_at_once_in_every_syntax():
+    for ts in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"):
+        with pytest.raises(dcmscan.ScanError):
+            dcmscan.scan(bytes(50_000_000), ts)  # a walk element by element would take seconds per syntax
 
 
 @pytest.mark.parametrize("cut", [1, 7, 100, 2000])
@@ -81,6 +69,11 @@ def test_encapsulated_pixel_data_is_walked_item_by_item():
         dcmscan.scan(data[:-10], ts)  # the sequence delimiter is gone: not a well-formed dataset
 
 
-def test_garbage_is_not_a_dataset():
-    with pytest.raises(dcmscan.ScanError):
-        dcmscan.scan(os.urandom(64) + b"\x08\x00\x18\x00zz", "1.2.840.10008.1.2.1")
+def test_garbage_is_never_taken_for_a_complete_dataset():
+    for seed in range(50):
+        blob = bytes((seed * 7919 + i * 104729) % 251 for i in range(64)) + b"\x08\x00\x18\x00zz"
+        try:
+            result = dcmscan.scan(blob, "1.2.840.10008.1.2.1")
+        except dcmscan.ScanError:
+            continue
+        assert result.truncated is not None, seed
