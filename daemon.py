@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     echo = sub.add_parser("echo", help="C-ECHO a configured peer and report the round-trip")
     echo.add_argument("peer", help="peer name from the peers section")
     echo.add_argument("--timeout", type=float, default=10.0)
+    # Requests (issue 3): query a peer, write a request file, show what the database says.
+    find = sub.add_parser("find", help="STUDY-level C-FIND on a peer; prints the matching studies")
+    find.add_argument("peer", help="peer name from the peers section")
+    key = find.add_mutually_exclusive_group(required=True)
+    key.add_argument("--patient-id")
+    key.add_argument("--accession")
+    find.add_argument("--study-date", help="YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    find.add_argument("--modality")
+    req = sub.add_parser("request", help="write a well-formed request file into the inbox")
+    req.add_argument("--accession", action="append", required=True, help="repeat for several studies")
+    req.add_argument("--peer")
+    req.add_argument("--name", help="request name (default: request-<UTC time>)")
+    req.add_argument("--output", action="append", choices=["excel", "nifti"], help="default: both")
+    req.add_argument("--priority", type=int)
+    req.add_argument("--not-before", help="ISO date-time")
+    sub.add_parser("status", help="requests and their studies with their states, from the database")
     return p
 
 
@@ -39,6 +56,8 @@ def configure_logging(level: str, pynetdicom_level: str = "WARNING") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
+    # apscheduler logs every run of the half-second dispatch job at INFO.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _cmd_echo(cfg: Config, peer_name: str, timeout: float) -> int:
@@ -59,6 +78,76 @@ def _cmd_echo(cfg: Config, peer_name: str, timeout: float) -> int:
     return EXIT_FAILURE
 
 
+def _cmd_find(cfg: Config, args: argparse.Namespace) -> int:
+    from node.requests import StudyQuery
+    from node.scheduler import peer_find
+    from node.scu import ScuError
+
+    if args.peer not in cfg.peers:
+        sys.stderr.write(f"Unknown peer {args.peer!r}; configured: {', '.join(cfg.peers)}\n")
+        return EXIT_CONFIG
+    query = StudyQuery(args.accession, args.patient_id, args.study_date, args.modality)
+    try:
+        studies = peer_find(cfg, args.peer, query.dicom_query())
+    except ScuError as exc:
+        sys.stderr.write(f"C-FIND on {args.peer} failed ({exc.kind}): {exc.reason}\n")
+        return EXIT_FAILURE
+    for s in studies:
+        modalities = "/".join(s.get("ModalitiesInStudy") or [])
+        sys.stdout.write(f"{s.get('StudyInstanceUID')}  patient {s.get('PatientID')}  accession {s.get('AccessionNumber')}  "
+                         f"date {s.get('StudyDate')}  {modalities}  series {s.get('NumberOfStudyRelatedSeries')}  "
+                         f"instances {s.get('NumberOfStudyRelatedInstances')}  {s.get('StudyDescription') or ''}\n")
+    sys.stdout.write(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}\n")
+    return EXIT_OK
+
+
+def _cmd_request(cfg: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from node import requests
+    from node.inbox import write_request
+
+    name = args.name or datetime.now(UTC).strftime("request-%Y%m%dT%H%M%SZ")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        sys.stderr.write(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it becomes a file name)\n")
+        return EXIT_CONFIG
+    text = requests.render(args.accession, args.peer, args.output, args.priority, args.not_before)
+    try:
+        requests.parse(f"{name}.yaml", text.encode(), list(cfg.peers), cfg.requests.max_file_bytes)
+    except requests.RequestError as exc:
+        sys.stderr.write(f"Not a valid request:\n{exc}\n")
+        return EXIT_CONFIG
+    cfg.paths.inbox.mkdir(parents=True, exist_ok=True)
+    path = write_request(cfg.paths.inbox, name, text)
+    sys.stdout.write(f"{path}\n")
+    return EXIT_OK
+
+
+def _cmd_status(cfg: Config) -> int:
+    from node.inbox import status_document
+    from node.scheduler import migrate
+    from node.store import Store
+
+    store = Store(cfg.paths)
+    try:
+        migrate(store)
+        for (rid,) in store.query("SELECT id FROM requests ORDER BY id"):
+            doc = status_document(store, int(rid))
+            if doc is None:
+                continue
+            reason = f"  ({doc['reason']})" if doc.get("reason") else ""
+            sys.stdout.write(f"{doc['request']}: {doc['state']}  peer {doc['peer']}  {doc['file']}{reason}\n")
+            for q in doc["queries"]:
+                if q["state"] != "found":
+                    sys.stdout.write(f"  query {q['query']}: {q['state']}  {q.get('reason', '')}\n")
+            for s in doc["studies"]:
+                extra = s.get("outbox") or s.get("reason") or ""
+                sys.stdout.write(f"  {s['study_uid']}  accession {s['accession']}  {s['state']}  {extra}\n")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verb = args.verb or "run"
@@ -73,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if verb == "echo":
         return _cmd_echo(cfg, args.peer, args.timeout)
+    if verb == "find":
+        return _cmd_find(cfg, args)
+    if verb == "request":
+        return _cmd_request(cfg, args)
+    if verb == "status":
+        return _cmd_status(cfg)
     from node.app import run
 
     log.info("Starting with configuration %s:\n%s", args.config, config_mod.dump(cfg))

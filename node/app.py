@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,10 +17,14 @@ from node.completion import CapAction, CompletionConfig, CompletionMonitor
 from node.config import Config, ConfigError
 from node.diskguard import DiskGuard
 from node.health import HealthServer, Heartbeat, combine_checks
+from node.importer import Importer
+from node.inbox import Inbox
 from node.metrics import Metrics
 from node.notify import Notifier
 from node.observability import ScpCounterBridge, health_checks
 from node.processor import Processor
+from node.retention import Retention
+from node.scheduler import Scheduler
 from node.scp import StorageSCP
 from node.store import Store
 
@@ -37,12 +42,18 @@ class Node:
         s = config.storage
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.scp = StorageSCP(config, self.store, self.disk_guard)
+        # Requests (issue 3): the scheduler pulls from peers, the inbox feeds it and writes status files.
+        self.scheduler = Scheduler(config, self.store)
+        self.inbox = Inbox(config, self.store, self.scheduler)
         self.metrics = Metrics()
         self.metrics.add_collector(ScpCounterBridge(self))
         self.heartbeat = Heartbeat("main_loop", max_age_s=30)
         self.health: HealthServer | None = None
         self.completion = CompletionMonitor(self.store, completion_config(config))
         self.processor = Processor(config, self.store, self.metrics)
+        # Watch-folder import and retention (issue 4): imports go through the same store path as C-STOREs.
+        self.importer = Importer(self.store, config.paths.inbox, config.imports, disk_ok=lambda: not self.disk_guard.tripped())
+        self.retention = Retention(self.store, config.paths.outbox, config.retention)
         self._housekeeping_stop = threading.Event()
         self._housekeeping: threading.Thread | None = None
         self._started = False
@@ -50,6 +61,8 @@ class Node:
     def start(self) -> tuple[str, int]:
         self.store.sweep_temp()
         address = self.scp.start()
+        self.scheduler.start()  # after the SCP: pulled instances arrive through it
+        self.inbox.start()
         self._started = True
         self.heartbeat.beat()
         h = self.config.health
@@ -59,6 +72,9 @@ class Node:
             self.health.start()
             log.info("Health and metrics on http://%s:%d/healthz and /metrics", h.bind, self.health.port)
         self.processor.start()
+        if self.config.imports.enabled:
+            self.importer.start()
+        self.retention.start()
         self._housekeeping_stop.clear()
         self._housekeeping = threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
         self._housekeeping.start()
@@ -92,8 +108,12 @@ class Node:
         self.disk_guard.configure(s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.completion.config = completion_config(new)
         self.processor.config = new
+        self.importer.config = new.imports
+        self.retention.config = new.retention
         if new.processing.workers != self.config.processing.workers:
             needs_restart.append("processing.workers")
+        self.scheduler.reload(new)
+        self.inbox.reload(new)
         self.config = new
         return needs_restart
 
@@ -102,7 +122,12 @@ class Node:
             self.store.close()
             return
         self.metrics.set("dicomnode_up", 0.0)
+        # Requests first: a running move needs the SCP to land its last instances.
+        self.inbox.stop()
+        self.scheduler.stop()
         self.scp.stop(drain_timeout)
+        self.importer.stop()  # between two members; an interrupted item is imported again at the next start
+        self.retention.stop()
         self._housekeeping_stop.set()
         if self._housekeeping is not None:
             self._housekeeping.join(timeout=30)
@@ -142,6 +167,9 @@ def run(
         for sig, handler in ((signal.SIGTERM, on_term), (signal.SIGINT, on_term), (signal.SIGHUP, on_hup)):
             previous[sig] = signal.signal(sig, handler)
     notifier = Notifier.from_env()
+    # Network threads wait on sockets; a shorter GIL switch interval lets them answer a peer (and its Nagle
+    # algorithm) within a millisecond instead of 5 ms while a worker thread computes.
+    sys.setswitchinterval(0.001)
     node = Node(config)
     try:
         host, port = node.start()

@@ -155,12 +155,14 @@ class CompletionMonitor:
         cfg = self.config
         for study_uid, first, last, cap_logged, open_deliveries, pulls in rows:
             idle = now - last
+            if pulls:
+                # The request that pulls it decides (all expected instances present); its scheduler owns the
+                # attempt budget, and a pull paused by a closed time window must not be cut short by the cap.
+                continue
             if now - first >= cfg.max_wait_s:
                 if self._apply_cap(study_uid, now - first, bool(cap_logged)):
                     completed.append(study_uid)
                 continue
-            if pulls:
-                continue  # the request that pulls it decides (all expected instances present)
             if open_deliveries:
                 continue  # an association is still delivering into it
             if idle >= cfg.stable_age_s and mark_complete(

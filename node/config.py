@@ -150,6 +150,28 @@ class ProcessingConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    enabled: bool = True
+    settle_s: float = 5.0
+    rescan_interval_s: float = 30.0
+    delete_imported: bool = False
+    max_file_bytes: int = 4 << 30
+    zip_max_total_bytes: int = 100 << 30
+    zip_max_members: int = 200_000
+    zip_max_ratio: float = 200.0
+    zip_ratio_floor_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    store: str = "keep"
+    store_days: float = 30.0
+    outbox_max_gb: float | None = None
+    outbox_max_age_days: float | None = None
+    interval_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     enabled: bool = True
     bind: str = "127.0.0.1"
@@ -177,6 +199,8 @@ class Config:
     completion: CompletionSection
     processing: ProcessingConfig
     nifti: dict[str, Any]
+    imports: ImportConfig  # the `import:` section (`import` is a Python keyword)
+    retention: RetentionConfig
     health: HealthConfig
     logging: LoggingConfig
     effective: dict[str, Any] = field(repr=False)
@@ -360,6 +384,8 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
             rescan_interval_s=float(pr["rescan_interval_s"]),
         ),
         nifti=dict(effective["nifti"]),
+        imports=ImportConfig(**effective["import"]),
+        retention=RetentionConfig(**effective["retention"]),
         health=HealthConfig(**effective["health"]),
         logging=LoggingConfig(level=lg["level"], pynetdicom_level=lg["pynetdicom_level"]),
         effective=effective,

@@ -467,7 +467,8 @@ class NodeRequestHandler(RequestHandler):
             code = _reason_code(verdict)
             scp.stats.reject(code)
             # A connect-and-close is what port probes and load balancers do: not worth a warning.
-            log.log(logging.INFO if code == "closed_early" else logging.WARNING, "Connection from %s refused: %s", peer_ip, verdict)
+            level = logging.INFO if code == "closed_early" else logging.WARNING
+            log.log(level, "Connection from %s refused: %s", peer_ip, verdict)
             with contextlib.suppress(OSError):
                 self.request.close()
             return

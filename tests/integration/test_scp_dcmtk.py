@@ -78,7 +78,7 @@ def test_a_multi_series_study_directory_arrives_complete_and_exact(start_node, t
 def test_compressed_transfer_syntaxes_are_accepted_and_stored_as_received(start_node, tmp_path, name, propose):
     """DCMTK may re-encode a file while sending, so the oracle is what storescp +B (bit-preserving) received."""
     node = start_node()
-    source = Path(get_testdata_file(name))
+    source = Path(str(get_testdata_file(name)))
     storescu(LOOPBACK, node.config.node.port, "DICOMNODE", [source], extra_args=[propose])
     with StorescpPeer(tmp_path / "oracle", extra_args=["+B"]) as oracle:
         storescu(LOOPBACK, oracle.port, oracle.ae_title, [source], extra_args=[propose])

@@ -89,3 +89,12 @@ def test_only_receiving_or_reopened_studies_can_be_marked_complete(tmp_path):
     add_study(store, "1.2.3", first=0, last=0, state="processing")
     assert completion.mark_complete(store, "1.2.3", "x") is None
     assert completion.mark_complete(store, "9.9.9", "x") is None
+
+
+def test_a_study_being_pulled_is_not_cut_short_by_the_hard_cap(tmp_path):
+    store = make_store(tmp_path)
+    monitor = CompletionMonitor(store, CompletionConfig(stable_age_s=1, max_wait_s=10, on_max_wait=CapAction.PROCESS))
+    add_study(store, "1.2.3", first=0, last=0)
+    completion.claim_pull(store, "1.2.3", "request-7")  # e.g. paused overnight by a closed time window
+    assert monitor.tick(now=100_000) == []
+    assert state(store, "1.2.3")[0] == "receiving"

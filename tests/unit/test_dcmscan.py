@@ -12,7 +12,7 @@ from node import dcmscan
 from node.store import dataset_offset
 from tests.dicomgen import SeriesSpec, StudySpec, write_study
 
-TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent
+TEST_FILES = Path(str(get_testdata_file("CT_small.dcm"))).parent
 SAMPLES = sorted(
     p for p in TEST_FILES.glob("*.dcm") if p.stat().st_size < 5_000_000 and not p.name.startswith(("no_meta", "meta_"))
 )
@@ -62,7 +62,7 @@ def test_a_dataset_cut_short_is_reported_as_truncated(tmp_path, cut):
 
 
 def test_encapsulated_pixel_data_is_walked_item_by_item():
-    path = Path(get_testdata_file("JPEG2000.dcm"))
+    path = Path(str(get_testdata_file("JPEG2000.dcm")))
     ds, ts, data = part10(path)
     assert dcmscan.scan(data, ts).values["SOPInstanceUID"] == ds.SOPInstanceUID
     with pytest.raises(dcmscan.ScanError):
