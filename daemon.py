@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     req.add_argument("--output", action="append", choices=["excel", "nifti"], help="default: both")
     req.add_argument("--priority", type=int)
     req.add_argument("--not-before", help="ISO date-time")
-    sub.add_parser("status", help="requests and their studies with their states, from the database")
+    status = sub.add_parser("status", help="listener, peers, requests and studies by state, last errors")
+    status.add_argument("--no-echo", action="store_true", help="do not C-ECHO the peers")
     return p
 
 
@@ -123,28 +124,10 @@ def _cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_status(cfg: Config) -> int:
-    from node.inbox import status_document
-    from node.scheduler import migrate
-    from node.store import Store
+def _cmd_status(cfg: Config, echo_peers: bool) -> int:
+    from node.status import report
 
-    store = Store(cfg.paths)
-    try:
-        migrate(store)
-        for (rid,) in store.query("SELECT id FROM requests ORDER BY id"):
-            doc = status_document(store, int(rid))
-            if doc is None:
-                continue
-            reason = f"  ({doc['reason']})" if doc.get("reason") else ""
-            sys.stdout.write(f"{doc['request']}: {doc['state']}  peer {doc['peer']}  {doc['file']}{reason}\n")
-            for q in doc["queries"]:
-                if q["state"] != "found":
-                    sys.stdout.write(f"  query {q['query']}: {q['state']}  {q.get('reason', '')}\n")
-            for s in doc["studies"]:
-                extra = s.get("outbox") or s.get("reason") or ""
-                sys.stdout.write(f"  {s['study_uid']}  accession {s['accession']}  {s['state']}  {extra}\n")
-    finally:
-        store.close()
+    report(cfg, sys.stdout.write, echo_peers=echo_peers)
     return EXIT_OK
 
 
@@ -167,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb == "request":
         return _cmd_request(cfg, args)
     if verb == "status":
-        return _cmd_status(cfg)
+        return _cmd_status(cfg, not args.no_echo)
     from node.app import run
 
     log.info("Starting with configuration %s:\n%s", args.config, config_mod.dump(cfg))

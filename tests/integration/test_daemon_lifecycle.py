@@ -156,3 +156,25 @@ def test_echo_verb_reports_the_round_trip_to_a_configured_peer(tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "C-ECHO self (DICOMNODE@127.0.0.1" in proc.stdout and "success in" in proc.stdout
     assert Path(dcmtk("echoscu")).exists()
+
+
+def test_status_reports_the_listener_peers_studies_and_last_errors(tmp_path):
+    files = write_study(StudySpec(series=[SeriesSpec(n_slices=2)]), tmp_path / "src")
+    with NodeProcess(tmp_path / "node") as node:
+        cfg = yaml.safe_load(node.config_path.read_text())
+        cfg["peers"] = {"self": {"ae_title": "DICOMNODE", "host": LOOPBACK, "port": node.port},
+                        "gone": {"ae_title": "GONE", "host": LOOPBACK, "port": free_port()}}
+        node.config_path.write_text(yaml.safe_dump(cfg))
+        storescu(LOOPBACK, node.port, "DICOMNODE", files)
+        proc = subprocess.run(
+            [str(Path(__file__).resolve().parents[2] / ".venv/bin/python"), "daemon.py", "--config", str(node.config_path),
+             "status"],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"node DICOMNODE on 127.0.0.1:{node.port}: listening" in out
+    assert "peer self DICOMNODE@127.0.0.1" in out and "reachable (" in out
+    assert "peer gone GONE@127.0.0.1" in out and "NOT reachable" in out
+    assert "studies: receiving 1" in out
+    assert "last errors: none" in out
