@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -72,7 +73,7 @@ def test_a_request_written_by_the_cli_ends_as_a_complete_outbox_folder(tmp_path)
                 return doc if doc.get("state") in ("done", "failed") else None
 
             doc = wait_for(done, timeout=180, what="the request to finish")
-            assert doc["state"] == "done", doc
+            assert doc is not None and doc["state"] == "done", doc
             (entry,) = doc["studies"]
             assert entry["study_uid"] == study.study_uid and entry["state"] == "done"
             folder = Path(node.data["paths"]["outbox"]) / entry["outbox"]
@@ -101,7 +102,8 @@ def test_a_request_written_by_the_cli_ends_as_a_complete_outbox_folder(tmp_path)
 
     volumes = sorted((folder / "nifti").glob("*.nii.gz"))
     assert [v.name for v in volumes] == ["1_t1_mprage_sag.nii.gz", "2_t2_tse_tra.nii.gz", "3_t2_tirm_cor_flair.nii.gz"]
-    voxels = {v.name.split("_")[0]: int(np.prod(nib.load(v).shape)) for v in volumes}
+    images: dict[str, Any] = {v.name.split("_")[0]: nib.load(v) for v in volumes}
+    voxels = {key: int(np.prod(img.shape)) for key, img in images.items()}
     assert voxels == {"1": 32 * 32 * 24, "2": 32 * 32 * 20, "3": 32 * 32 * 20}
     for v in volumes:
         assert v.with_suffix("").with_suffix(".json").exists()
