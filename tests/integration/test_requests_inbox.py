@@ -72,8 +72,9 @@ def test_the_request_cli_writes_a_request_the_node_accepts_and_status_lists_it(
     assert (doc["priority"], doc["outputs"]) == (2, ["excel"])
     out = io.StringIO()
     with redirect_stdout(out):
-        assert daemon.main(["--config", str(config_file), "status"]) == 0
-    assert out.getvalue().startswith("cli: ")
+        assert daemon.main(["--config", str(config_file), "status", "--no-echo"]) == 0
+    assert "  request cli: queued  peer pacs\n" in out.getvalue()
+    assert "requests: queued 1\n" in out.getvalue()
 
 
 def test_the_request_cli_refuses_a_name_that_is_not_a_plain_file_name(tmp_path: Path) -> None:
