@@ -36,11 +36,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from node.config import ImportConfig
 from node.store import STATUS_OUT_OF_RESOURCES, STATUS_STORE_FAILED, Origin, Store, StoreError, fsync_dir
 from node.validators import uid_problem
+from node.watch import start_observer, stop_observer
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +262,7 @@ class Importer:
         for folder in (self.folder, self.done, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self._stop.clear()
-        observer = Observer()
-        observer.schedule(_Handler(self), str(self.folder), recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._observer = start_observer(self.folder, _Handler(self))
         self._thread = threading.Thread(target=self._run, name="importer", daemon=True)
         self._thread.start()
         log.info("Watching %s for DICOM files, folders and zip archives to import", self.folder)
@@ -275,10 +271,8 @@ class Importer:
         """Stop between two members; an interrupted item stays in place and is imported again at the next start."""
         self._stop.set()
         self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=10)
-            self._observer = None
+        stop_observer(self._observer)
+        self._observer = None
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             self._thread = None

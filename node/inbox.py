@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from node import requests as requests_mod
 from node.config import Config
 from node.requests import RequestError
 from node.scheduler import COMPLETE, FAILED, MOVING, QUERYING, QUEUED, R_DONE, R_FAILED, WAITING, Scheduler
 from node.store import Store, fsync_dir
+from node.watch import start_observer, stop_observer
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +191,7 @@ class Inbox:
     def start(self) -> None:
         """Rescan at once (events may have been missed while stopped), then watch."""
         self._stop.clear()
-        observer = Observer()
-        observer.schedule(_Events(self), str(self.root), recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._observer = start_observer(self.root, _Events(self))
         self._thread = threading.Thread(target=self._loop, name="inbox", daemon=True)
         self._thread.start()
         log.info("Watching %s for request files", self.root)
@@ -203,10 +199,8 @@ class Inbox:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=10)
-            self._observer = None
+        stop_observer(self._observer)
+        self._observer = None
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None

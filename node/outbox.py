@@ -43,14 +43,6 @@ def disambiguate(name: str, study_uid: str) -> str:
     return f"{name}_{hashlib.sha1(study_uid.encode(), usedforsecurity=False).hexdigest()[:8]}"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fsync_tree(root: Path) -> None:
     """fsync every file and directory under root (bottom-up) so a published folder survives a crash."""
     for dirpath, _dirnames, filenames in os.walk(root, topdown=False):

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from node import __version__, completion
 from node.completion import StudyState
 from node.config import Config
 from node.metrics import Metrics
-from node.outbox import TEMP_PREFIX, disambiguate, file_sha256, folder_name, publish, sweep
-from node.store import Store
+from node.outbox import TEMP_PREFIX, disambiguate, folder_name, publish, sweep
+from node.store import Store, file_sha256
 from node.validators import is_valid_uid
+from node.watch import start_observer, stop_observer
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +242,7 @@ class Processor:
         # Start the workers now, so the first study does not pay for spawning and importing the stack.
         for _ in range(self.config.processing.workers):
             self._pool.submit(_warm)
-        observer = Observer()
-        observer.schedule(_ReadyHandler(self), str(self.ready), recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._observer = start_observer(self.ready, _ReadyHandler(self))
         self.rescan()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -255,10 +251,8 @@ class Processor:
         Nothing is lost either way: a killed job left only a staging folder (swept at start) and its study
         stays `processing` with its marker, so the next start processes it again.
         """
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=10)
-            self._observer = None
+        stop_observer(self._observer)
+        self._observer = None
         pool, self._pool = self._pool, None
         if pool is None:
             return

@@ -444,7 +444,7 @@ class Store:
     def _quarantine(self, tmp: Path, reason: str, origin: Origin) -> None:
         """Keep a refused dataset with its reason, never crash on it."""
         try:
-            sha = _file_sha256(tmp) if tmp.exists() else "missing"
+            sha = file_sha256(tmp) if tmp.exists() else "missing"
             target = self.paths.quarantine / f"{sha}.dcm"
             if tmp.exists():
                 os.replace(tmp, target)
@@ -519,7 +519,7 @@ def _sha256_of_mapping(mm: mmap.mmap, offset: int, step: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """SHA-256 of a whole file, read in chunks (a refused dataset may be hundreds of MB)."""
     h = hashlib.sha256()
     with path.open("rb") as fh:

@@ -6,30 +6,20 @@ cd "$(dirname "$0")/.."
 
 need_apt=0
 for tool in /usr/bin/storescu /usr/bin/storescp /usr/bin/echoscu /usr/bin/findscu /usr/bin/movescu \
-            /usr/sbin/Orthanc /usr/bin/dcm2niix /usr/bin/systemd-analyze; do
+            /usr/sbin/Orthanc /usr/bin/dcm2niix /usr/bin/systemd-analyze /usr/bin/openssl; do
     [ -x "$tool" ] || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
     if [ "$(id -u)" != 0 ]; then
-        echo "Missing DCMTK/Orthanc/dcm2niix/systemd: run as root or install: apt-get install dcmtk orthanc dcm2niix systemd" >&2
+        echo "Missing DCMTK/Orthanc/dcm2niix/systemd/openssl: run as root or install: apt-get install dcmtk orthanc dcm2niix systemd openssl" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends dcmtk orthanc dcm2niix systemd >/dev/null
+    apt-get install -y -qq --no-install-recommends dcmtk orthanc dcm2niix systemd openssl >/dev/null
 fi
 # The Debian orthanc package may start its own service on 4242; tests run their own Orthanc on free ports.
-if [ ! -x .venv/bin/python ]; then
-    if ! python3 -m venv .venv 2>/dev/null; then
-        # Debian splits venv/ensurepip into python3-venv.
-        rm -rf .venv
-        if [ "$(id -u)" = 0 ]; then
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-        fi
-        python3 -m venv .venv
-    fi
-fi
+. scripts/venv.sh
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
 echo "== ruff"

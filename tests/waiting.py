@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 120.0, what: str = "condition", interval: float = 0.1) -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float = 120.0, what: str = "condition", interval: float = 0.1) -> T:
     """Return the first truthy value of predicate(); fail the test when the deadline passes first."""
     deadline = time.monotonic() + timeout
     while True:

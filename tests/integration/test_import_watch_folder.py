@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 import zipfile
 from pathlib import Path
 
 from node.completion import StudyState
 from tests.dicomgen import multi_series_study, write_study
+from tests.waiting import wait_for
 
 COMPLETION = {"stable_age_s": 1, "check_interval_s": 0.2}
 IMPORT = {"settle_s": 0.5, "rescan_interval_s": 1}
 
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def published_for(outbox: Path, study_uid: str) -> Path | None:

@@ -89,7 +89,7 @@ def test_two_close_bursts_make_one_version_and_a_late_burst_replaces_it_atomical
             p.name for p in (folder / "nifti").glob("*.nii.gz")
         }
         for entry in v2["outputs"]:
-            from node.outbox import file_sha256
+            from node.store import file_sha256
 
             assert file_sha256(folder2 / entry["path"]) == entry["sha256"]
         assert not [d for d in outbox.iterdir() if d.name.startswith(".")]

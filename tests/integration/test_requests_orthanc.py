@@ -23,6 +23,7 @@ from node.app import Node
 from tests.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets
 from tests.nodeproc import NodeProcess, config_dict, make_config
 from tests.peers import OrthancPeer, free_port
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,15 +97,6 @@ def status(node: Node, name: str) -> dict[str, Any]:
         return {}
     return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_state(node: Node, name: str, states: tuple[str, ...] = ("done",), timeout: float = 120.0) -> dict[str, Any]:
