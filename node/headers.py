@@ -111,19 +111,10 @@ def _parse(buf: bytes) -> dict[str, object] | None:
             return None  # header continues past what was read
         group, elem = struct.unpack_from("<HH", buf, pos)
         tag = group << 16 | elem
-        if explicit:
-            vr = buf[pos + 4:pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > n:
-                    return None
-                length = struct.unpack_from("<I", buf, pos + 8)[0]
-                start = pos + 12
-            else:
-                length = struct.unpack_from("<H", buf, pos + 6)[0]
-                start = pos + 8
-        else:
-            length = struct.unpack_from("<I", buf, pos + 4)[0]
-            start = pos + 8
+        found = _length_and_start(buf, pos, explicit)
+        if found is None:
+            return None
+        length, start = found
         if tag == PIXEL_DATA:
             if length == _UNDEFINED:
                 raise _Unsupported  # encapsulated pixel data: pydicom decodes it
@@ -143,6 +134,18 @@ def _parse(buf: bytes) -> dict[str, object] | None:
         if wanted is not None:
             out[wanted[0]] = _decode(buf[start:start + length], wanted[1])
         pos = start + length
+
+
+def _length_and_start(buf: bytes, pos: int, explicit: bool) -> tuple[int, int] | None:
+    """(value length, value offset) of the element header at pos; None when the header runs past the buffer."""
+    if explicit:
+        vr = buf[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(buf):
+                return None
+            return struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+        return struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+    return struct.unpack_from("<I", buf, pos + 4)[0], pos + 8
 
 
 def _skip_undefined(buf: bytes, pos: int, explicit: bool) -> int:
@@ -174,17 +177,10 @@ def _skip_item(buf: bytes, pos: int, explicit: bool) -> int:
         tag = group << 16 | elem
         if tag == _ITEM_END:
             return pos + 8
-        if explicit:
-            vr = buf[pos + 4:pos + 6]
-            if vr in _LONG_VRS:
-                length = struct.unpack_from("<I", buf, pos + 8)[0]
-                start = pos + 12
-            else:
-                length = struct.unpack_from("<H", buf, pos + 6)[0]
-                start = pos + 8
-        else:
-            length = struct.unpack_from("<I", buf, pos + 4)[0]
-            start = pos + 8
+        found = _length_and_start(buf, pos, explicit)
+        if found is None:
+            return -1
+        length, start = found
         if length == _UNDEFINED:
             pos = _skip_undefined(buf, start, explicit)
             if pos < 0:
