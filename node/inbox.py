@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".csv")
 ACTIVE, DONE, FAILED_DIR = "active", "done", "failed"
+# Folders of the inbox that are not requests: ours, and the importer's (node/importer.py IMPORT_DIR).
+_OWN_FOLDERS = frozenset({ACTIVE, DONE, FAILED_DIR, "import"})
 STATUS_REFRESH_S = 2.0  # how often requests waiting for processing re-read studies.state
 
 
@@ -182,6 +184,7 @@ class Inbox:
         self._lock = threading.Lock()
         self._files_lock = threading.RLock()
         self._last_status: dict[int, str] = {}
+        self._warned: set[str] = set()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         scheduler.on_change = self.request_changed
@@ -242,9 +245,24 @@ class Inbox:
     def rescan(self) -> None:
         """The safety net: every candidate in the inbox becomes pending (watchdog events are only the fast path)."""
         with os.scandir(self.root) as entries:
-            found = [Path(e.path) for e in entries if e.is_file(follow_symlinks=False) and is_candidate(Path(e.path))]
+            listed = list(entries)
+        found = [Path(e.path) for e in listed if e.is_file(follow_symlinks=False) and is_candidate(Path(e.path))]
         with self._lock:
             self._pending.update(found)
+        for entry in listed:
+            self._warn_if_misplaced(entry)
+
+    def _warn_if_misplaced(self, entry: os.DirEntry[str]) -> None:
+        """DICOM (or anything else) dropped next to the request files is not read: say where it belongs, once."""
+        name = entry.name
+        if name.startswith(".") or name in _OWN_FOLDERS or is_candidate(Path(entry.path)) or name in self._warned:
+            return
+        self._warned.add(name)
+        log.warning(
+            "inbox/%s is not a request file (*.yaml, *.yml, *.csv) and is left alone; DICOM files, folders and "
+            "zip archives to import go into inbox/import/",
+            name,
+        )
 
     def process_pending(self, now: float | None = None) -> float:
         """Take every pending file that is complete; return seconds until the next one may be (inf if none)."""

@@ -178,3 +178,21 @@ def test_write_request_renames_a_whole_file_into_the_inbox(tmp_path: Path) -> No
     second = write_request(tmp_path, "req", GOOD)
     assert (first.name, second.name) == ("req.yaml", "req-2.yaml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["req-2.yaml", "req.yaml"]
+
+
+def test_dicom_dropped_next_to_the_requests_is_left_alone_with_a_warning_naming_the_import_folder(tmp_path, caplog):
+    cfg = make_config(tmp_path)
+    store = Store(cfg.paths)
+    try:
+        inbox = Inbox(cfg, store, Scheduler(cfg, store))
+        (cfg.paths.inbox / "scan.dcm").write_bytes(b"\0" * 200)
+        (cfg.paths.inbox / "import").mkdir()
+        with caplog.at_level("WARNING", logger="node.inbox"):
+            inbox.rescan()
+            inbox.rescan()
+        warnings = [r.getMessage() for r in caplog.records if "scan.dcm" in r.getMessage()]
+        assert len(warnings) == 1 and "inbox/import/" in warnings[0]
+        assert not any("import is not" in r.getMessage() for r in caplog.records)
+        assert (cfg.paths.inbox / "scan.dcm").exists()
+    finally:
+        store.close()
