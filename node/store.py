@@ -10,6 +10,7 @@ import os
 import shutil
 import sqlite3
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,6 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import data_element_generator
 
 from node import dcmscan
 from node.config import Paths
@@ -157,7 +157,10 @@ def fsync_file(path: Path) -> None:
 def dataset_offset(path: Path) -> int:
     """Byte offset where the dataset starts after the Part 10 preamble and file meta (0 when none)."""
     with path.open("rb") as fh:
-        head = fh.read(144)
+        return _offset_in(fh.read(144))
+
+
+def _offset_in(head: bytes | memoryview) -> int:
     if len(head) < 144 or head[128:132] != b"DICM":
         return 0
     # (0002,0000) UL group length, explicit VR little endian: tag(4) VR(2) len(2) value(4).
@@ -165,31 +168,6 @@ def dataset_offset(path: Path) -> int:
         return 0
     (group_len,) = struct.unpack("<I", head[140:144])
     return 144 + group_len
-
-
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-def truncation_problem(path: Path, transfer_syntax: str) -> str | None:
-    """Walk the top-level elements without loading values; say why the dataset is cut short, or None."""
-    implicit = transfer_syntax == "1.2.840.10008.1.2"
-    little = transfer_syntax != "1.2.840.10008.1.2.2"
-    size = path.stat().st_size
-    with path.open("rb") as fp:
-        fp.seek(dataset_offset(path))
-        end = fp.tell()
-        for raw in data_element_generator(fp, implicit, little, defer_size=1):
-            elem: Any = raw
-            if elem.length != _UNDEFINED_LENGTH and elem.value_tell + elem.length > size:
-                return (
-                    f"element {elem.tag} declares {elem.length} bytes at offset {elem.value_tell} "
-                    f"but the dataset ends at {size}: truncated"
-                )
-            end = fp.tell()  # the generator has moved past this element's value
-    if end < size:
-        # pydicom stops silently on a partial element header; those bytes are a cut-off element.
-        return f"{size - end} byte(s) after the last complete element at offset {end}: truncated element header"
-    return None
 
 
 def dataset_sha256(path: Path) -> str:
@@ -212,7 +190,6 @@ class Store:
         self._db_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(64)]
         self._dir_lock = threading.Lock()
-        self._known_dirs: set[Path] = set()
         self.db = self._connect(paths.database)
         self.db.executescript(_SCHEMA)
         self.db.commit()
@@ -368,7 +345,7 @@ class Store:
 
     def _ensure_dir(self, path: Path) -> Path:
         """Create path (and parents) making each new directory entry durable."""
-        if path in self._known_dirs and path.is_dir():
+        if path.is_dir():
             return path
         with self._dir_lock:
             missing = []
@@ -379,9 +356,6 @@ class Store:
             for d in reversed(missing):
                 d.mkdir(exist_ok=True)
                 fsync_dir(d.parent)
-            self._known_dirs.add(path)
-            if len(self._known_dirs) > 100_000:
-                self._known_dirs.clear()
         return path
 
     def _index(self, dest: Path, sha: str, size: int, header: dict[str, Any], ts: str, origin: Origin) -> None:
@@ -485,9 +459,9 @@ class Store:
 
 def _parse(tmp: Path, transfer_syntax: str | None) -> tuple[dict[str, Any], str, str | None, str]:
     """Key values, transfer syntax, truncation verdict and dataset SHA-256 of a Part 10 file, in one read."""
-    offset = dataset_offset(tmp)
     ts = transfer_syntax or _meta_transfer_syntax(tmp)
     with tmp.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        offset = _offset_in(mm[:144])
         view = memoryview(mm)[offset:]
         try:
             sha = _sha256_of_mapping(mm, offset)
@@ -534,8 +508,6 @@ def _meta_transfer_syntax(path: Path) -> str:
 
 
 def _mkstemp(folder: Path, suffix: str) -> tuple[int, str]:
-    import tempfile
-
     return tempfile.mkstemp(dir=folder, suffix=suffix, prefix="rx-")
 
 
