@@ -82,14 +82,10 @@ class Node:
         return address
 
     def _housekeep(self) -> None:
-        """Completion decisions every check interval; a rescan of ready markers as the watchdog safety net."""
-        last_rescan = time.monotonic()
+        """Completion decisions every check interval (the processor watches their markers itself)."""
         while not self._housekeeping_stop.wait(self.config.completion.check_interval_s):
             try:
                 self.completion.tick()
-                if time.monotonic() - last_rescan >= self.config.processing.rescan_interval_s:
-                    self.processor.rescan()
-                    last_rescan = time.monotonic()
             except Exception:  # housekeeping must outlive a bad pass; the next one retries
                 log.exception("Housekeeping pass failed")
 

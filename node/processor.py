@@ -205,14 +205,16 @@ def run_job(job: StudyJob) -> JobResult:
 
 
 class _ReadyHandler(FileSystemEventHandler):
+    """Watchdog thread side: only wakes the dispatcher (no file or database I/O in the event path)."""
+
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
     def on_created(self, event: FileSystemEvent) -> None:
-        self.processor.poke(Path(str(event.src_path)))
+        self.processor.wake()
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self.processor.poke(Path(str(event.dest_path)))
+        self.processor.wake()
 
 
 class Processor:
@@ -228,6 +230,9 @@ class Processor:
         self._running: dict[str, cf.Future[JobResult]] = {}
         self._observer: Any = None
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._dispatcher: threading.Thread | None = None
         completion.migrate(store)
 
     # ------------------------------------------------------------ lifecycle
@@ -242,8 +247,23 @@ class Processor:
         # Start the workers now, so the first study does not pay for spawning and importing the stack.
         for _ in range(self.config.processing.workers):
             self._pool.submit(_warm)
+        self._stop.clear()
         self._observer = start_observer(self.ready, _ReadyHandler(self))
-        self.rescan()
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="processor", daemon=True)
+        self._dispatcher.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _dispatch_loop(self) -> None:
+        """Look at the ready markers when watchdog says one appeared, and every rescan interval regardless."""
+        while not self._stop.is_set():
+            try:
+                self.rescan()
+            except Exception:  # the next pass retries; a bad marker must not end dispatching
+                log.exception("Dispatching ready studies failed")
+            self._wake.wait(self.config.processing.rescan_interval_s)
+            self._wake.clear()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work; running jobs get `timeout` seconds to publish, then their workers are killed.
@@ -253,6 +273,11 @@ class Processor:
         """
         stop_observer(self._observer)
         self._observer = None
+        self._stop.set()
+        self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=30)
+            self._dispatcher = None
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -273,7 +298,7 @@ class Processor:
     # ------------------------------------------------------------ dispatch
 
     def rescan(self) -> None:
-        """Safety net for missed watchdog events: look at every marker."""
+        """Look at every marker (cheap: one small file per complete study), so a missed event costs nothing."""
         for marker in sorted(self.ready.glob("*.json")):
             self.poke(marker)
 
