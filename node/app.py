@@ -21,7 +21,7 @@ from node.importer import Importer
 from node.inbox import Inbox
 from node.metrics import Metrics
 from node.notify import Notifier
-from node.observability import ScpCounterBridge, health_checks
+from node.observability import NodeGauges, health_checks
 from node.processor import Processor
 from node.retention import Retention
 from node.scheduler import Scheduler
@@ -41,12 +41,12 @@ class Node:
         self.store = Store(config.paths)
         s = config.storage
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
-        self.scp = StorageSCP(config, self.store, self.disk_guard)
+        self.metrics = Metrics()
+        self.scp = StorageSCP(config, self.store, self.disk_guard, self.metrics)
         # Requests (issue 3): the scheduler pulls from peers, the inbox feeds it and writes status files.
         self.scheduler = Scheduler(config, self.store)
         self.inbox = Inbox(config, self.store, self.scheduler)
-        self.metrics = Metrics()
-        self.metrics.add_collector(ScpCounterBridge(self))
+        self.metrics.add_collector(NodeGauges(self))
         self.heartbeat = Heartbeat("main_loop", max_age_s=30)
         self.health: HealthServer | None = None
         self.completion = CompletionMonitor(self.store, completion_config(config))

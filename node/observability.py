@@ -12,37 +12,13 @@ if TYPE_CHECKING:
     from node.app import Node
 
 
-class ScpCounterBridge:
-    """Turns the SCP's cumulative counters into Prometheus counter increments at scrape time."""
+class NodeGauges:
+    """Refreshes the gauges that describe current state (the SCP counts its own events as they happen)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._seen: dict[tuple[str, str], float] = {}
-
-    def _advance(self, metrics: Metrics, name: str, value: float, **labels: str) -> None:
-        key = (name, repr(sorted(labels.items())))
-        delta = value - self._seen.get(key, 0.0)
-        if delta > 0:
-            metrics.inc(name, delta, **labels)
-            self._seen[key] = value
 
     def __call__(self, metrics: Metrics) -> None:
-        stats = self.node.scp.stats
-        with stats.lock:
-            by_ae = dict(stats.by_calling_ae)
-            total_bytes = stats.bytes
-            accepted = stats.accepted
-            rejected = dict(stats.rejected)
-            failures = dict(stats.store_failures)
-        for ae, count in by_ae.items():
-            self._advance(metrics, "dicomnode_instances_received_total", count, calling_ae=ae)
-        self._advance(metrics, "dicomnode_bytes_received_total", total_bytes)
-        self._advance(metrics, "dicomnode_associations_total", accepted, result="accepted")
-        self._advance(metrics, "dicomnode_associations_total", rejected.get("association", 0), result="rejected")
-        for reason, count in rejected.items():
-            self._advance(metrics, "dicomnode_rejects_total", count, reason=reason)
-        for status, count in failures.items():
-            self._advance(metrics, "dicomnode_store_failures_total", count, status=f"0x{status:04X}")
         metrics.set("dicomnode_associations_active", self.node.scp.active_associations())
         guard = self.node.disk_guard
         tripped = guard.tripped()

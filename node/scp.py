@@ -14,8 +14,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from node import fastpath
 from node.config import Config
 from node.diskguard import DiskGuard
+from node.metrics import Metrics
 from node.store import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, Origin, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -140,20 +139,15 @@ def _peek_exactly(sock: socket.socket, n: int, wait: float | None) -> bytes:
         sock.settimeout(timeout)
 
 
-_REASON_CODES = (
-    ("TLS handshake", "tls_handshake"),
-    ("no A-ASSOCIATE-RQ", "timeout"),
-    ("not complete within", "timeout"),
-    ("connection closed", "closed_early"),
-    ("first PDU is type", "not_associate_rq"),
-    ("implausible length", "bad_length"),
-    ("peer address", "host_not_allowed"),
-)
+class Refusal(str):
+    """Why a connection was refused: readable text for the log, plus a fixed code for metrics labels."""
 
+    code: str
 
-def _reason_code(verdict: str) -> str:
-    """A small fixed vocabulary for metrics labels (verdict texts carry addresses and lengths)."""
-    return next((code for prefix, code in _REASON_CODES if prefix in verdict), "screened")
+    def __new__(cls, code: str, text: str) -> Refusal:
+        refusal = super().__new__(cls, text)
+        refusal.code = code
+        return refusal
 
 
 def _reject_pdu(result: int, source: int, reason: int) -> bytes:
@@ -161,32 +155,14 @@ def _reject_pdu(result: int, source: int, reason: int) -> bytes:
     return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
 
 
-@dataclass
-class ScpStats:
-    """Counters the health/metrics layer reads (updated from association threads)."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    instances: int = 0
-    bytes: int = 0
-    accepted: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    store_failures: dict[int, int] = field(default_factory=dict)
-    by_calling_ae: dict[str, int] = field(default_factory=dict)
-
-    def reject(self, reason: str) -> None:
-        with self.lock:
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-
 class StorageSCP:
     """The node's listener: owns the pynetdicom AE, its server thread and the C-STORE handler."""
 
-    def __init__(self, config: Config, store: Store, disk_guard: DiskGuard, on_stored: Callable[[str], None] | None = None):
+    def __init__(self, config: Config, store: Store, disk_guard: DiskGuard, metrics: Metrics | None = None):
         self.config = config
         self.store = store
         self.disk_guard = disk_guard
-        self.on_stored = on_stored
-        self.stats = ScpStats()
+        self.metrics = metrics if metrics is not None else Metrics()
         self._pending = threading.BoundedSemaphore(config.node.max_pending_connections)
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -315,8 +291,7 @@ class StorageSCP:
         assoc = event.assoc
         assoc_id = uuid.uuid4().hex[:12]
         assoc._node_assoc_id = assoc_id  # type: ignore[attr-defined]
-        with self.stats.lock:
-            self.stats.accepted += 1
+        self.metrics.inc("dicomnode_associations_total", result="accepted")
         log.info(
             "Association %s accepted from %s (%s:%s) to %s",
             assoc_id,
@@ -328,7 +303,8 @@ class StorageSCP:
 
     def _on_rejected(self, event: Event) -> None:
         assoc = event.assoc
-        self.stats.reject("association")
+        self.metrics.inc("dicomnode_associations_total", result="rejected")
+        self.metrics.inc("dicomnode_rejects_total", reason="association")
         log.warning(
             "Association rejected from %s (%s) calling %s",
             assoc.requestor.ae_title,
@@ -364,7 +340,7 @@ class StorageSCP:
             if path.parent != self.config.paths.tmp:
                 path = self._copy_into_tmp(path)
             size = path.stat().st_size
-            result = self.store.ingest(
+            self.store.ingest(
                 path,
                 origin,
                 expected_sop_uid=str(request.AffectedSOPInstanceUID),
@@ -379,12 +355,8 @@ class StorageSCP:
             log.exception("Unexpected error storing an instance from %s", origin.calling_ae)
             self._fail(0xC211)
             return 0xC211
-        with self.stats.lock:
-            self.stats.instances += 1
-            self.stats.bytes += size
-            self.stats.by_calling_ae[origin.calling_ae] = self.stats.by_calling_ae.get(origin.calling_ae, 0) + 1
-        if self.on_stored is not None and not result.duplicate:
-            self.on_stored(result.study_uid)
+        self.metrics.inc("dicomnode_instances_received_total", calling_ae=origin.calling_ae)
+        self.metrics.inc("dicomnode_bytes_received_total", size)
         return STATUS_SUCCESS
 
     def _copy_into_tmp(self, path: Path) -> Path:
@@ -393,8 +365,7 @@ class StorageSCP:
         return target
 
     def _fail(self, status: int) -> None:
-        with self.stats.lock:
-            self.stats.store_failures[status] = self.stats.store_failures.get(status, 0) + 1
+        self.metrics.inc("dicomnode_store_failures_total", status=f"0x{status:04X}")
 
 
 def _discard_partial_message(assoc: Any) -> None:
@@ -453,7 +424,7 @@ class NodeRequestHandler(RequestHandler):
             return
         if not scp._pending.acquire(blocking=False):
             self._drop("too many pending connections")
-            scp.stats.reject("pending_limit")
+            scp.metrics.inc("dicomnode_rejects_total", reason="pending_limit")
             return
         try:
             n = scp.config.node
@@ -464,10 +435,9 @@ class NodeRequestHandler(RequestHandler):
         finally:
             scp._pending.release()
         if verdict is not None:
-            code = _reason_code(verdict)
-            scp.stats.reject(code)
+            scp.metrics.inc("dicomnode_rejects_total", reason=verdict.code)
             # A connect-and-close is what port probes and load balancers do: not worth a warning.
-            level = logging.INFO if code == "closed_early" else logging.WARNING
+            level = logging.INFO if verdict.code == "closed_early" else logging.WARNING
             log.log(level, "Connection from %s refused: %s", peer_ip, verdict)
             with contextlib.suppress(OSError):
                 self.request.close()
@@ -476,7 +446,7 @@ class NodeRequestHandler(RequestHandler):
         self.request.settimeout(scp.config.node.network_timeout_s)
         super().handle()
 
-    def _handshake(self) -> str | None:
+    def _handshake(self) -> Refusal | None:
         """Finish a deferred TLS handshake within the ACSE timeout; a refusal reason or None."""
         sock = self.request
         if not isinstance(sock, ssl.SSLSocket):
@@ -484,34 +454,36 @@ class NodeRequestHandler(RequestHandler):
         try:
             sock.do_handshake()
         except (ssl.SSLError, TimeoutError, OSError) as exc:
-            return f"TLS handshake failed: {exc}"
+            return Refusal("tls_handshake", f"TLS handshake failed: {exc}")
         return None
 
-    def _screen(self, peer_ip: str) -> str | None:
+    def _screen(self, peer_ip: str) -> Refusal | None:
         """Peek at the first PDU without consuming it; return a refusal reason or None to proceed."""
         sock = self.request
         assert isinstance(sock, socket.socket)
         if isinstance(sock, ssl.SSLSocket):
             # SSLSocket.recv refuses MSG_PEEK; the TLS handshake has already filtered stray bytes.
-            return None if self._ip_allowed(peer_ip) else f"peer address {peer_ip} not in security.allowed_hosts"
+            if self._ip_allowed(peer_ip):
+                return None
+            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
         wait = sock.gettimeout()
         deadline = None if wait is None else time.monotonic() + wait
         try:
             head = _peek_exactly(sock, 6, wait)
         except (TimeoutError, OSError):
-            return "no A-ASSOCIATE-RQ within the ACSE timeout"
+            return Refusal("timeout", "no A-ASSOCIATE-RQ within the ACSE timeout")
         if len(head) < 6:
-            return "connection closed before a PDU header"
+            return Refusal("closed_early", "connection closed before a PDU header")
         pdu_type, _, length = _PDU_HEADER.unpack(head)
         if pdu_type != 0x01:
-            return f"first PDU is type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ"
+            return Refusal("not_associate_rq", f"first PDU is type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ")
         if length > MAX_ASSOCIATE_RQ or length < 68:
-            return f"A-ASSOCIATE-RQ declares an implausible length {length}"
+            return Refusal("bad_length", f"A-ASSOCIATE-RQ declares an implausible length {length}")
         if not self._ip_allowed(peer_ip):
             # Rejected-permanent, service-user, no reason given: polite but final.
             with contextlib.suppress(OSError):
                 sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
-            return f"peer address {peer_ip} not in security.allowed_hosts"
+            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
         # Hand over only a complete RQ: pynetdicom counts a connection against max_associations from its first
         # byte, so peers that send a plausible header and stall would otherwise lock everyone out.
         total = 6 + length
@@ -523,7 +495,7 @@ class NodeRequestHandler(RequestHandler):
         except (TimeoutError, OSError):
             whole = b""
         if len(whole) < total:
-            return f"A-ASSOCIATE-RQ of {length} bytes not complete within the ACSE timeout"
+            return Refusal("timeout", f"A-ASSOCIATE-RQ of {length} bytes not complete within the ACSE timeout")
         return None
 
     def _ip_allowed(self, peer_ip: str) -> bool:
