@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import psutil
 
 from tests.dicomgen import SeriesSpec, StudySpec, make_study, write_datasets
 from tests.peers import LOOPBACK, echoscu, free_port, peer_env, wait_for_port
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,7 +143,7 @@ class NodeProcess:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                print(f"dicom-node ignored SIGTERM for {timeout} s; killing it", file=sys.stderr)
+                log.warning("dicom-node ignored SIGTERM for %s s; killing it", timeout)
                 self.proc.kill()
                 self.proc.wait(timeout=timeout)
         code = self.proc.returncode

@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bench.report import report
 from node.nifti import NiftiOptions, convert_series
 from tests.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, write_datasets
 
@@ -62,7 +63,7 @@ def bench_case(name: str, files: list[Path], work: Path, repeat: int, compress: 
     a = _nii(next(ref_dir.glob(ext)))
     b = _nii(next(our_dir.glob(ext)))
     same = a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
-    print(f"{name:<28} {len(files):>6} files  shape {b.shape!s:<20} dcm2niix {t_ref:7.3f} s  "
+    report(f"{name:<28} {len(files):>6} files  shape {b.shape!s:<20} dcm2niix {t_ref:7.3f} s  "
           f"dicom-node {t_ours:7.3f} s  ratio {t_ours / t_ref:5.2f}x  {'same geometry' if same else 'DIFFERENT'}")
 
 
@@ -81,7 +82,7 @@ def main() -> None:
         mr = SeriesSpec(n_slices=30, rows=64, cols=64, series_description="bold_bench", series_number=2)
         volumes = [{"AcquisitionNumber": t + 1, "TemporalPositionIdentifier": t + 1} for t in range(args.frames)]
         mr_files = write_datasets(make_multivolume_series(study, mr, volumes), work / "mr4d")
-        print(f"dcm2niix {DCM2NIIX}; best of {args.repeat}; target ratio <= 1.5x")
+        report(f"dcm2niix {DCM2NIIX}; best of {args.repeat}; target ratio <= 1.5x")
         for compress in (False, True):
             tag = ".nii.gz" if compress else ".nii"
             bench_case(f"CT {args.slices} slices {tag}", ct_files, work, args.repeat, compress)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.report import report
 from tests.dicomgen import SeriesSpec, StudySpec, write_study
 from tests.nodeproc import REPO, NodeProcess
 from tests.peers import OrthancPeer, dcm2niix_bin, free_port
@@ -78,11 +79,11 @@ def main() -> int:
         subprocess.run([dcm2niix_bin(), "-z", "y", "-b", "y", "-f", "%s_%d", "-o", str(out), str(store)],
                        check=True, capture_output=True)
         d2n = time.perf_counter() - t0
-    print(f"{n} instances ({args.series} series x {args.slices} slices, {args.size}x{args.size}); state {doc['state']}")
-    print(f"request file -> done:                 {finished - started:6.2f} s")
-    print(f"last instance received -> published:  {published - last:6.2f} s "
+    report(f"{n} instances ({args.series} series x {args.slices} slices, {args.size}x{args.size}); state {doc['state']}")
+    report(f"request file -> done:                 {finished - started:6.2f} s")
+    report(f"last instance received -> published:  {published - last:6.2f} s "
           f"(workbook + {len(manifest['outputs']) - 1} output files)")
-    print(f"dcm2niix alone on the same files:     {d2n:6.2f} s  (NIfTI only, gzip)")
+    report(f"dcm2niix alone on the same files:     {d2n:6.2f} s  (NIfTI only, gzip)")
     return 0 if doc["state"] == "done" else 1
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.common import NodeProcess, RssSampler, make_mr_files
+from bench.report import report
 from tests.peers import OrthancPeer, StorescpPeer, peer_env, storescu_command
 
 RECEIVERS = ("storescp", "orthanc", "node")
@@ -132,7 +133,7 @@ def run_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: 
     rss, cpu = usage if usage is not None else (None, None)
     result = Round(sender, kind, procs, len(files), seconds, received, failures, rss, cpu)
     note = "" if received == len(files) and not failures else f"  !! received {received}/{len(files)}, {failures} failed"
-    print(f"  {sender:8} -> {kind:11} x{procs}: {seconds:7.2f} s {result.rate:8.1f} inst/s{note}", flush=True)
+    report(f"  {sender:8} -> {kind:11} x{procs}: {seconds:7.2f} s {result.rate:8.1f} inst/s{note}")
     return result
 
 
@@ -171,19 +172,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_name)
         files = make_mr_files(tmp / "input", args.n)
         size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
-        print(f"{len(files)} MR instances, {size_kb:.1f} kB each; storescu = DCMTK, receivers on loopback", flush=True)
-        print("run 1: sender with Nagle on (DCMTK default)", flush=True)
+        report(f"{len(files)} MR instances, {size_kb:.1f} kB each; storescu = DCMTK, receivers on loopback")
+        report("run 1: sender with Nagle on (DCMTK default)")
         for procs in procs_list:
             for kind in kinds:
                 rounds.append(median_round(kind, files, procs, False, tmp, "nagle", args.repeat))
         if not args.no_nodelay_run:
-            print("run 2: sender with TCP_NODELAY=1", flush=True)
+            report("run 2: sender with TCP_NODELAY=1")
             for procs in procs_list:
                 run2 = [k for k in kinds if k in ("storescp", "node")] + [TUNED[k] for k in kinds if k in TUNED]
                 for kind in run2:
                     rounds.append(median_round(kind, files, procs, True, tmp, "nodelay", args.repeat))
-    print()
-    print(table(rounds))
+    report()
+    report(table(rounds))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"rate": r.rate} for r in rounds], indent=2))
     return 0

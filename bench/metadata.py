@@ -16,6 +16,7 @@ import psutil
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from bench.report import report
 from node.metadata import build_workbook, load_templates, scan_headers
 from tests.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
 
@@ -109,15 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
             t0 = time.perf_counter()
             files = generate(folder, args.instances, args.series)
-            print(f"generated {len(files)} files in {time.perf_counter() - t0:.1f} s")
+            report(f"generated {len(files)} files in {time.perf_counter() - t0:.1f} s")
         study_root = files[0].parent.parent
         total_mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"study: {len(files)} instances, {args.series} series, {total_mb:.0f} MB on disk")
+        report(f"study: {len(files)} instances, {args.series} series, {total_mb:.0f} MB on disk")
         templates = load_templates()
         # The node keeps one forkserver for its lifetime; start it here so the timings below are a study's.
         t0 = time.perf_counter()
         scan_headers(files[:400], study_root, templates=templates, workers=2)
-        print(f"forkserver start + 400-file scan (paid once per node process): {time.perf_counter() - t0:.2f} s")
+        report(f"forkserver start + 400-file scan (paid once per node process): {time.perf_counter() - t0:.2f} s")
         for workers in args.workers:
             load = os.getloadavg()[0]
             with TreeRss() as rss:
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             # With workers=1 the CPU time is the scan's own: headers per CPU-second does not depend on load.
             per_cpu = f", {len(frame) / cpu:.0f} headers per CPU-second" if workers == 1 else ""
-            print(
+            report(
                 f"scan_headers workers={workers}: {dt:.2f} s, {len(frame) / dt:.0f} headers/s{per_cpu} "
                 f"(peak RSS {rss.peak_self / 1e6:.0f} MB, PSS with workers {rss.peak_tree / 1e6:.0f} MB; "
                 f"1-min load before: {load:.1f})"
@@ -137,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             result = build_workbook(files, study_root, out, workers=None)
             dt = time.perf_counter() - t0
-        print(
+        report(
             f"build_workbook (auto workers): {dt:.2f} s total, {len(files) / dt:.0f} files/s end to end; "
             f"sheets {result.sheets}; workbook {out.stat().st_size / 1e6:.1f} MB; 1-min load before: {load:.1f}"
         )
-        print(
+        report(
             f"peak RSS of this process {rss.peak_self / 1e6:.0f} MB; "
             f"peak PSS with worker processes {rss.peak_tree / 1e6:.0f} MB"
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report import report
 from node.mr_clean import load_config, process_mri_dataframe
 
 # One study: description, ScanningSequence, SequenceVariant, TR, TE, TI, FA, ETL, dimension, ImageType, b-value.
@@ -99,16 +100,16 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     load_config(dict(load_config().raw))
-    print(f"config load+validate+compile: {1000 * (time.perf_counter() - t0):.1f} ms")
+    report(f"config load+validate+compile: {1000 * (time.perf_counter() - t0):.1f} ms")
     for per_series in (1, args.instances):
         df = synthetic_frame(args.series, per_series)
         times = timed(df, args.repeat)
         result = process_mri_dataframe(df)
-        print(
+        report(
             f"{args.series} series x {per_series} rows ({len(df)} rows): median {1000 * statistics.median(times):.0f} ms,"
             f" min {1000 * min(times):.0f} ms over {args.repeat} runs -> {len(result)} series"
         )
-    print("classes:", dict(Counter(result["sequenceClass"]).most_common()))
+    report("classes:", dict(Counter(result["sequenceClass"]).most_common()))
 
 
 if __name__ == "__main__":
