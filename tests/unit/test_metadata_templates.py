@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from node.metadata import MR_CLEAN_KEYWORDS, TEMPLATES_DIR, TemplateError, load_templates
+from node.metadata import MR_CLEAN_KEYWORDS
+from node.tag_templates import TEMPLATES_DIR, TemplateError, load_templates
 
 SHIPPED = ("mr.json", "ct.json", "dx.json", "mg.json", "default.json")
 
