@@ -62,7 +62,7 @@ def configure_logging(level: str, pynetdicom_level: str = "WARNING") -> None:
 
 
 def _cmd_echo(cfg: Config, peer_name: str, timeout: float) -> int:
-    from node.scu import PeerAddress, ScuSettings, echo
+    from node.pull.scu import PeerAddress, ScuSettings, echo
 
     peer = cfg.peers.get(peer_name)
     if peer is None:
@@ -80,9 +80,9 @@ def _cmd_echo(cfg: Config, peer_name: str, timeout: float) -> int:
 
 
 def _cmd_find(cfg: Config, args: argparse.Namespace) -> int:
-    from node.requests import StudyQuery
-    from node.scheduler import peer_find
-    from node.scu import ScuError
+    from node.pull.requests import StudyQuery
+    from node.pull.scheduler import peer_find
+    from node.pull.scu import ScuError
 
     if args.peer not in cfg.peers:
         sys.stderr.write(f"Unknown peer {args.peer!r}; configured: {', '.join(cfg.peers)}\n")
@@ -105,8 +105,8 @@ def _cmd_find(cfg: Config, args: argparse.Namespace) -> int:
 def _cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from node import requests
-    from node.inbox import write_request
+    from node.pull import requests
+    from node.pull.inbox import write_request
 
     name = args.name or datetime.now(UTC).strftime("request-%Y%m%dT%H%M%SZ")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
@@ -125,7 +125,7 @@ def _cmd_request(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_status(cfg: Config, echo_peers: bool) -> int:
-    from node.status import report
+    from node.ops.status import report
 
     report(cfg, sys.stdout.write, echo_peers=echo_peers)
     return EXIT_OK

@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 
 from bench.report import report
-from node.nifti import NiftiOptions, convert_series
-from tests.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, write_datasets
+from node.process.nifti.convert import NiftiOptions, convert_series
+from tests.support.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, write_datasets
 
 DCM2NIIX = "/usr/bin/dcm2niix"
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from bench.report import report
-from tests.dicomgen import SeriesSpec, StudySpec, write_study
-from tests.nodeproc import REPO, NodeProcess
-from tests.peers import OrthancPeer, dcm2niix_bin, free_port
+from tests.support.dicomgen import SeriesSpec, StudySpec, write_study
+from tests.support.nodeproc import REPO, NodeProcess
+from tests.support.peers import OrthancPeer, dcm2niix_bin, free_port
 
 
 def main() -> int:

@@ -13,20 +13,20 @@ from types import FrameType
 from typing import Any
 
 from node import config as config_mod
-from node.completion import CapAction, CompletionConfig, CompletionMonitor
 from node.config import Config, ConfigError
-from node.diskguard import DiskGuard
-from node.health import HealthServer, Heartbeat, combine_checks
-from node.importer import Importer
-from node.inbox import Inbox
-from node.metrics import Metrics
-from node.notify import Notifier
-from node.observability import NodeGauges, health_checks
-from node.processor import Processor
-from node.retention import Retention
-from node.scheduler import Scheduler
-from node.scp import StorageSCP
-from node.store import Store
+from node.ops.health import HealthServer, Heartbeat, combine_checks
+from node.ops.metrics import Metrics
+from node.ops.notify import Notifier
+from node.ops.observability import NodeGauges, health_checks
+from node.process.completion import CapAction, CompletionConfig, CompletionMonitor
+from node.process.processor import Processor
+from node.pull.inbox import Inbox
+from node.pull.scheduler import Scheduler
+from node.receive.diskguard import DiskGuard
+from node.receive.importer import Importer
+from node.receive.scp import StorageSCP
+from node.store.retention import Retention
+from node.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ def process_mri_dataframe(
 ) -> pd.DataFrame:
     """One row per MR series of an instance-level (or series-level) DICOM-keyword frame, with the MR_clean
     features and their evidence. Any column may be missing; non-MR rows are ignored. cfg (a loaded config or
-    a dict shaped like etc/mr_clean.json) wins over config_path; with neither, etc/mr_clean.json is used."""
+    a dict shaped like node/mr_clean/rules.json) wins over config_path; with neither, node/mr_clean/rules.json is used."""
     config = load_config(cfg if cfg is not None else config_path)
     pairs = classify_records(records_from_frame(df), config)
     out = pd.DataFrame([_row(r, f) for r, f in pairs], columns=list(OUTPUT_COLUMNS))

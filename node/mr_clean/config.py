@@ -1,4 +1,4 @@
-"""Load, validate and compile etc/mr_clean.json (thresholds and keyword rules of MR_clean)."""
+"""Load, validate and compile node/mr_clean/rules.json (thresholds and keyword rules of MR_clean)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import jsonschema
 
 from node.mr_clean.enums import DixonOutput, Family, FieldStrength, ImageKind, Manufacturer, Orientation, Weighting
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "etc" / "mr_clean.json"
+# Shipped with the package (package data); processing.mr_clean_config points at a site copy instead.
+DEFAULT_CONFIG_PATH = Path(str(resources.files("node.mr_clean") / "rules.json"))
 
 _FIELDS = [f.value for f in FieldStrength]
 
@@ -520,7 +522,7 @@ _cache_lock = threading.Lock()
 
 
 def load_config(source: str | Path | Mapping[str, Any] | MrCleanConfig | None = None) -> MrCleanConfig:
-    """Load and validate a config from a path, a dict (same shape as etc/mr_clean.json) or the default file.
+    """Load and validate a config from a path, a dict (same shape as node/mr_clean/rules.json) or the default file.
 
     Files are cached by path and modification time, so calling this per study is cheap and a site's
     edit is picked up without a restart.

@@ -1,0 +1,95 @@
+"""The header values volume building needs, decoded from one walk of node.dicom.reader (uncompressed LE files).
+
+pydicom stays the reference: anything this reader does not fully understand (other transfer syntaxes,
+encapsulated pixel data, vendor private diffusion tags, malformed lengths) returns None and the caller uses pydicom.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from node.dicom import reader
+
+EXPLICIT_LE = reader.EXPLICIT_VR_LE
+IMPLICIT_LE = reader.IMPLICIT_VR_LE
+PIXEL_DATA = reader.PIXEL_DATA
+
+# tag -> (keyword, kind): kind is "str" (text, backslash-separated), "US", "FD" (binary numbers).
+WANTED: dict[int, tuple[str, str]] = {
+    0x00080008: ("ImageType", "str"),
+    0x00080018: ("SOPInstanceUID", "str"),
+    0x00080060: ("Modality", "str"),
+    0x00080070: ("Manufacturer", "str"),
+    0x00180080: ("RepetitionTime", "str"),
+    0x00180081: ("EchoTime", "str"),
+    0x00180086: ("EchoNumbers", "str"),
+    0x00180088: ("SpacingBetweenSlices", "str"),
+    0x00180050: ("SliceThickness", "str"),
+    0x00181030: ("ProtocolName", "str"),
+    0x00181060: ("TriggerTime", "str"),
+    0x00181120: ("GantryDetectorTilt", "str"),
+    0x00181164: ("ImagerPixelSpacing", "str"),
+    0x00181250: ("ReceiveCoilName", "str"),
+    0x00181314: ("FlipAngle", "str"),
+    0x00189087: ("DiffusionBValue", "FD"),
+    0x00189089: ("DiffusionGradientOrientation", "FD"),
+    0x0020000E: ("SeriesInstanceUID", "str"),
+    0x00200012: ("AcquisitionNumber", "str"),
+    0x00200013: ("InstanceNumber", "str"),
+    0x00200032: ("ImagePositionPatient", "str"),
+    0x00200037: ("ImageOrientationPatient", "str"),
+    0x00200100: ("TemporalPositionIdentifier", "str"),
+    0x00280002: ("SamplesPerPixel", "US"),
+    0x00280004: ("PhotometricInterpretation", "str"),
+    0x00280008: ("NumberOfFrames", "str"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+    0x00280030: ("PixelSpacing", "str"),
+    0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"),
+    0x00280103: ("PixelRepresentation", "US"),
+    0x00281052: ("RescaleIntercept", "str"),
+    0x00281053: ("RescaleSlope", "str"),
+    0x0051100F: ("SiemensCoil", "str"),  # Siemens' coil element in the CSA era, used by the split on coil
+}
+# Elements whose presence means "let pydicom handle this file" (Siemens private diffusion values).
+_FALLBACK = frozenset({0x0019100C, 0x0019100E})
+
+
+_READ = frozenset(WANTED) | _FALLBACK
+
+
+def read_fast(path: Path) -> dict[str, object] | None:
+    """Values of WANTED keywords plus "_pixel_offset", "_pixel_length", "_transfer_syntax"; None -> use pydicom."""
+    try:
+        with reader.mapped(path) as buf:
+            meta = reader.parse_meta(buf)
+            syntax = meta.transfer_syntax
+            if syntax not in (EXPLICIT_LE, IMPLICIT_LE):
+                return None
+            found = reader.walk(buf, syntax, meta.dataset_offset, wanted=_READ, stop_at_pixels=True)
+            pixel = found.pixel
+            if found.truncated or pixel is None or pixel.tag != PIXEL_DATA or pixel.length == reader.UNDEFINED:
+                return None  # no pixel data, or encapsulated pixel data: pydicom decodes it
+            if not _FALLBACK.isdisjoint(found.elements):
+                return None
+            out: dict[str, object] = {"_transfer_syntax": syntax, "_pixel_offset": pixel.offset, "_pixel_length": pixel.length}
+            for tag, element in found.elements.items():
+                keyword, kind = WANTED[tag]
+                out[keyword] = _decode(bytes(buf[element.offset : element.value_end]), kind)
+            return out
+    except (OSError, struct.error, UnicodeDecodeError, ValueError, IndexError):  # ReadError is a ValueError
+        return None
+
+
+def _decode(raw: bytes, kind: str) -> object:
+    if kind == "US":
+        return struct.unpack_from("<H", raw, 0)[0] if len(raw) >= 2 else None
+    if kind == "FD":
+        count = len(raw) // 8
+        values = struct.unpack_from(f"<{count}d", raw, 0)
+        return values[0] if count == 1 else list(values)
+    text = raw.decode("latin-1").strip("\0 ")
+    parts = [p.strip() for p in text.split("\\")]
+    return parts[0] if len(parts) == 1 else parts

@@ -1,0 +1,67 @@
+"""The `status` picture for a person: listener, peers, requests and studies by state, and the last errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from node.config import Config
+from node.ops.health import tcp_listening_check
+from node.store.store import Store
+
+Write = Callable[[str], object]
+
+
+def _counts(store: Store, table: str, column: str = "state") -> str:
+    # table/column are fixed names from this module, never input.
+    rows = store.query(f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column} ORDER BY {column}")  # noqa: S608
+    return ", ".join(f"{state} {count}" for state, count in rows) or "none"
+
+
+def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) -> None:
+    """Write the status report line by line (read-only: the database is only queried)."""
+    from node.process.completion import migrate as completion_migrate
+    from node.pull import scheduler
+    from node.pull.inbox import status_document
+
+    n = cfg.node
+    probe = "127.0.0.1" if n.bind in ("0.0.0.0", "::") else n.bind  # noqa: S104 - mapping a wildcard to loopback
+    listening, detail = tcp_listening_check(probe, n.port)
+    write(f"node {n.ae_title} on {n.bind}:{n.port}: {'listening' if listening else 'NOT listening'} ({detail})\n")
+    if echo_peers:
+        from node.pull.scu import PeerAddress, ScuSettings, echo
+
+        for name, peer in cfg.peers.items():
+            settings = ScuSettings(calling_ae=n.ae_title, acse_timeout=3, dimse_timeout=3, network_timeout=3)
+            result = echo(PeerAddress(peer.ae_title, peer.host, peer.port), settings)
+            state = f"reachable ({result.seconds * 1000:.0f} ms)" if result.ok else f"NOT reachable: {result.error}"
+            write(f"peer {name} {peer.ae_title}@{peer.host}:{peer.port}: {state}\n")
+    store = Store(cfg.paths)
+    try:
+        completion_migrate(store)
+        scheduler.migrate(store)
+        write(f"studies: {_counts(store, 'studies')}\n")
+        write(f"requests: {_counts(store, 'requests')}\n")
+        for (rid,) in store.query("SELECT id FROM requests ORDER BY id DESC LIMIT 20"):
+            doc = status_document(store, int(rid))
+            if doc is None:
+                continue
+            reason = f"  ({doc['reason']})" if doc.get("reason") else ""
+            write(f"  request {doc['request']}: {doc['state']}  peer {doc['peer']}{reason}\n")
+            for s in doc["studies"]:
+                extra = s.get("outbox") or s.get("reason") or ""
+                write(f"    {s['study_uid']}  accession {s['accession']}  {s['state']}  {extra}\n")
+        errors = store.query(
+            "SELECT datetime(state_changed, 'unixepoch'), study_uid, reason FROM studies WHERE state='failed'"
+            " ORDER BY state_changed DESC LIMIT ?",
+            (last,),
+        )
+        quarantined = store.query(
+            "SELECT received_at, calling_ae, reason FROM quarantine ORDER BY id DESC LIMIT ?", (last,)
+        )
+        write("last errors:" + ("" if errors or quarantined else " none") + "\n")
+        for when, uid, reason in errors:
+            write(f"  {when} study {uid} failed: {reason}\n")
+        for when, ae, reason in quarantined:
+            write(f"  {when} quarantined a dataset from {ae or '?'}: {reason}\n")
+    finally:
+        store.close()

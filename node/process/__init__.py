@@ -1,0 +1,1 @@
+"""Processing a complete study: completion, the processor, outbox publish, workbook and NIfTI."""

@@ -1,0 +1,1 @@
+"""NIfTI conversion: volumes from slices, geometry, sidecars and the NIfTI writer."""

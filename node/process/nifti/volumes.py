@@ -1,0 +1,609 @@
+"""Series to volumes: per-slice header records, dcm2niix-style splitting, spatial sorting, geometry checks."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from node.dicom.headers import read_fast
+from node.process.nifti.mosaic import mosaic_layout
+
+log = logging.getLogger(__name__)
+
+PROJECTION_MODALITIES = frozenset({"DX", "CR", "MG", "XA", "RF", "IO", "PX", "RG", "OT", "SC", "XC", "US"})
+_LOCALIZER_WORDS = re.compile(r"loc|scout|survey|pilot|plane|topogram|scanogram|surview", re.IGNORECASE)
+# Codes that make a volume geometrically untrustworthy (written only with on_geometry_error=write_with_warning).
+GEOMETRY_ERRORS = frozenset({"MISSING_SLICE", "UNEVEN_SPACING", "INCOMPLETE_4D"})
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A reason code and its human text, rendered "CODE: text" in outcomes."""
+
+    code: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.text}"
+
+
+@dataclass(frozen=True, eq=False)
+class SliceInfo:
+    """What grouping, sorting and writing need from one image (one file, or one frame of a multi-frame file)."""
+
+    path: Path
+    sop_uid: str
+    instance_number: int
+    modality: str
+    rows: int
+    cols: int
+    iop: tuple[float, ...] | None
+    ipp: tuple[float, float, float] | None
+    pixel_spacing: tuple[float, float]  # (between rows, between columns), as PixelSpacing
+    image_type: tuple[str, ...]
+    echo_number: int | None
+    echo_time: float | None
+    repetition_time: float | None
+    flip_angle: float | None
+    acquisition_number: int | None
+    temporal_position: int | None
+    trigger_time: float | None
+    coil: str
+    protocol: str
+    slope: float
+    intercept: float
+    bvalue: float | None
+    bvec: tuple[float, float, float] | None
+    gantry_tilt: float
+    photometric: str
+    frame: int | None = None  # 0-based frame index inside a multi-frame file
+    pixel_offset: int | None = None  # byte offset of native pixel data, when the fast reader found it
+    pixel_length: int | None = None
+    mosaic_side: int = 0  # tiles per side when this record is one tile (frame) of a Siemens mosaic
+    stack_normal: tuple[float, float, float] | None = None  # mosaic: slices follow the CSA SliceNormalVector
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    signed: bool = False
+    samples: int = 1
+    transfer_syntax: str = ""
+    parsed: Dataset | None = field(default=None, repr=False)
+
+    @property
+    def header(self) -> Dataset:
+        """The pydicom header (without pixels), read on first use when the fast reader built this record."""
+        if self.parsed is None:
+            object.__setattr__(self, "parsed", pydicom.dcmread(self.path, stop_before_pixels=True))
+        assert self.parsed is not None
+        return self.parsed
+
+    @property
+    def normal(self) -> np.ndarray | None:
+        if self.iop is None:
+            return None
+        return np.cross(np.asarray(self.iop[:3]), np.asarray(self.iop[3:]))
+
+
+# A pydicom Dataset, or the keyword -> value dict of the fast reader (node/headers.py): both answer .get().
+Values = Dataset | dict[str, Any]
+
+
+def _num(ds: Values, keyword: str, default: float | None = None) -> float | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        if len(value) == 0:
+            return default
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _int(ds: Values, keyword: str) -> int | None:
+    value = _num(ds, keyword)
+    return None if value is None else round(value)
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | None]:
+    """b-value and gradient direction (patient LPS) from the standard attributes, then Siemens private tags."""
+    bvalue = _num(ds, "DiffusionBValue")
+    bvec = _floats(ds.get("DiffusionGradientOrientation"), 3)
+    # The fast reader hands files with these private elements to pydicom, so only a Dataset can hold them.
+    if (bvalue is None or bvec is None) and isinstance(ds, Dataset) and "SIEMENS" in str(ds.get("Manufacturer", "")).upper():
+        # Siemens CSA-era private elements: (0019,100C) B_value, (0019,100E) DiffusionGradientDirection.
+        b_elem, v_elem = ds.get((0x0019, 0x100C)), ds.get((0x0019, 0x100E))
+        if bvalue is None and b_elem is not None:
+            try:
+                raw = b_elem.value
+                bvalue = float(raw.decode().strip("\0 ") if isinstance(raw, bytes) else raw)
+            except (TypeError, ValueError, UnicodeDecodeError):
+                bvalue = None
+        if bvec is None and v_elem is not None:
+            raw_vec = v_elem.value
+            if isinstance(raw_vec, bytes):  # implicit VR / UN: three little-endian doubles
+                bvec = _floats(np.frombuffer(raw_vec, dtype="<f8"), 3) if len(raw_vec) == 24 else None
+            else:
+                bvec = _floats(raw_vec, 3)
+    if bvec is not None:
+        bvec = (bvec[0], bvec[1], bvec[2])
+    return bvalue, bvec
+
+
+def read_header(path: Path) -> list[SliceInfo]:
+    """Read one file's header (no pixel data); one SliceInfo per frame. Raises for unreadable/non-image files."""
+    fast = read_fast(path)
+    if (fast is not None and "Rows" in fast and "Columns" in fast and int(str(fast.get("NumberOfFrames", 1))) <= 1
+            and "MOSAIC" not in str(fast.get("ImageType", "")).upper()):
+        return [_slice(path, fast, fast, None)]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ValueError("not an image (no Rows/Columns)")
+    if "MOSAIC" in [str(v).upper() for v in ds.get("ImageType") or ()]:
+        return _mosaic(path, ds)
+    frames = _int(ds, "NumberOfFrames") or 1
+    if frames > 1:
+        return _frames(path, ds, frames)
+    return [_slice(path, ds, ds, None)]
+
+
+def _mosaic(path: Path, ds: Dataset) -> list[SliceInfo]:
+    """Cut a Siemens mosaic into per-tile records placed where each slice really is.
+
+    ImagePositionPatient of a mosaic is the corner of the whole tiled image: the first slice sits half the
+    unused tile area further along row and column; slices follow the CSA SliceNormalVector.
+    """
+    count, side, csa_normal = mosaic_layout(ds)
+    base = _slice(path, ds, ds, None)
+    if base.iop is None or base.ipp is None:
+        raise ValueError(f"mosaic of {count} images without position/orientation")
+    if base.rows % side or base.cols % side:
+        # Real mosaics are a whole grid of equal tiles; anything else would be cut at a guessed stride.
+        raise ValueError(f"mosaic {base.rows}x{base.cols} is not a whole {side}x{side} grid of tiles")
+    rows, cols = base.rows // side, base.cols // side
+    row, col = np.asarray(base.iop[:3]), np.asarray(base.iop[3:])
+    dy, dx = base.pixel_spacing
+    # Half the unused width in fractional tiles, as dcm2niix and nibabel place it.
+    first = np.asarray(base.ipp) + row * dx * (base.cols - base.cols / side) / 2 + col * dy * (base.rows - base.rows / side) / 2
+    normal = csa_normal if csa_normal is not None else np.cross(row, col)
+    spacing = float(_num(ds, "SpacingBetweenSlices") or _num(ds, "SliceThickness") or 1.0)
+    out = []
+    for k in range(count):
+        x, y, z = (float(v) for v in first + normal * spacing * k)
+        out.append(replace(base, rows=rows, cols=cols, ipp=(x, y, z), frame=k, mosaic_side=side,
+                           stack_normal=(float(normal[0]), float(normal[1]), float(normal[2]))))
+    return out
+
+
+def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
+    spacing = _floats(geo.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2) or (1.0, 1.0)
+    bvalue, bvec = _diffusion(geo)
+    return SliceInfo(
+        path=path,
+        sop_uid=str(ds.get("SOPInstanceUID", path.name)),
+        instance_number=_int(ds, "InstanceNumber") or 0,
+        modality=str(ds.get("Modality", "OT")).upper(),
+        rows=int(ds["Rows"].value if isinstance(ds, Dataset) else ds["Rows"]),
+        cols=int(ds["Columns"].value if isinstance(ds, Dataset) else ds["Columns"]),
+        iop=_floats(geo.get("ImageOrientationPatient"), 6),
+        ipp=_floats(geo.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        pixel_spacing=(spacing[0], spacing[1]),
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        echo_number=_int(geo, "EchoNumbers") if "EchoNumbers" in geo else _int(ds, "EchoNumbers"),
+        echo_time=_num(geo, "EchoTime") if "EchoTime" in geo else _num(ds, "EchoTime"),
+        repetition_time=_num(ds, "RepetitionTime"),
+        flip_angle=_num(ds, "FlipAngle"),
+        acquisition_number=_int(ds, "AcquisitionNumber"),
+        temporal_position=_int(geo, "TemporalPositionIdentifier") or _int(geo, "TemporalPositionIndex"),
+        trigger_time=_num(geo, "TriggerTime"),
+        coil=str(ds.get("ReceiveCoilName", "") or _siemens_coil(ds)),
+        protocol=str(ds.get("ProtocolName", "") or ""),
+        slope=_num(geo, "RescaleSlope", 1.0) or 1.0,
+        intercept=_num(geo, "RescaleIntercept", 0.0) or 0.0,
+        bvalue=bvalue,
+        bvec=bvec,
+        gantry_tilt=_num(ds, "GantryDetectorTilt", 0.0) or 0.0,
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper(),
+        frame=frame,
+        pixel_offset=ds.get("_pixel_offset") if isinstance(ds, dict) else None,
+        pixel_length=ds.get("_pixel_length") if isinstance(ds, dict) else None,
+        bits_allocated=_int(ds, "BitsAllocated") or 16,
+        bits_stored=_int(ds, "BitsStored") or _int(ds, "BitsAllocated") or 16,
+        signed=_int(ds, "PixelRepresentation") == 1,
+        samples=_int(ds, "SamplesPerPixel") or 1,
+        transfer_syntax=str(ds.get("_transfer_syntax", "")) if isinstance(ds, dict) else _syntax(ds),
+        parsed=ds if isinstance(ds, Dataset) else None,
+    )
+
+
+def _syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _siemens_coil(ds: Values) -> str:
+    if isinstance(ds, dict):
+        return str(ds.get("SiemensCoil", "") or "")
+    elem = ds.get((0x0051, 0x100F))
+    value = getattr(elem, "value", "") if elem is not None else ""
+    return value.decode("latin-1").strip("\0 ") if isinstance(value, bytes) else str(value or "").strip()
+
+
+def _frames(path: Path, ds: Dataset, frames: int) -> list[SliceInfo]:
+    """Expand an enhanced multi-frame image into per-frame records (shared, then per-frame functional groups)."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    out = []
+    for f in range(frames):
+        geo = Dataset()
+        for groups in (shared[0] if shared else None, per_frame[f] if per_frame and f < len(per_frame) else None):
+            if groups is None:
+                continue
+            for seq in groups:
+                if seq.VR == "SQ" and len(seq.value) > 0:
+                    _flatten(seq.value[0], geo)
+        out.append(_slice(path, ds, _overlay(ds, geo), f))
+    return out
+
+
+def _flatten(item: Dataset, into: Dataset) -> None:
+    for elem in item:
+        if elem.VR == "SQ":
+            if len(elem.value) > 0:
+                _flatten(elem.value[0], into)
+        else:
+            into[elem.tag] = elem
+    # Standard-form gradient: DiffusionGradientDirectionSequence > DiffusionGradientOrientation, found by recursion.
+
+
+def _overlay(base: Dataset, geo: Dataset) -> Dataset:
+    merged = Dataset()
+    for elem in base:
+        if elem.VR != "SQ":
+            merged[elem.tag] = elem
+    for elem in geo:
+        merged[elem.tag] = elem
+    return merged
+
+
+# ----- splitting -----------------------------------------------------------------------------------------------
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+SplitRule = tuple[str, str, Callable[[SliceInfo], Hashable]]
+
+SPLIT_RULES: tuple[SplitRule, ...] = (
+    ("SPLIT_IMAGE_TYPE", "image type differs", lambda s: s.image_type),
+    ("SPLIT_ECHO", "echo number / echo time differs", lambda s: (s.echo_number, _round(s.echo_time, 2))),
+    ("SPLIT_TR", "repetition time differs", lambda s: _round(s.repetition_time, 2)),
+    ("SPLIT_FLIP_ANGLE", "flip angle differs", lambda s: _round(s.flip_angle, 2)),
+    ("SPLIT_ORIENTATION", "image orientation differs", lambda s: None if s.iop is None else tuple(round(v, 3) for v in s.iop)),
+    ("SPLIT_DIMENSIONS", "rows/columns or pixel spacing differ",
+     lambda s: (s.rows, s.cols, round(s.pixel_spacing[0], 4), round(s.pixel_spacing[1], 4))),
+    ("SPLIT_COIL", "receive coil differs", lambda s: s.coil),
+    ("SPLIT_PROTOCOL", "protocol differs", lambda s: s.protocol),
+)
+
+_TYPE_SUFFIX = (("P", "_ph"), ("PHASE", "_ph"), ("R", "_real"), ("REAL", "_real"), ("I", "_imaginary"),
+                ("IMAGINARY", "_imaginary"), ("W", "_water"), ("WATER", "_water"), ("F", "_fat"), ("FAT", "_fat"),
+                ("IP", "_inphase"), ("IN_PHASE", "_inphase"), ("OP", "_outphase"), ("OUT_PHASE", "_outphase"))
+
+
+_ALWAYS_SUFFIX = frozenset({"_ph", "_real", "_imaginary"})
+
+
+@dataclass
+class Group:
+    """Slices that belong in one output file, with the name suffix that tells it apart from its siblings."""
+
+    slices: list[SliceInfo]
+    suffix: str = ""
+
+
+def split_series(slices: Sequence[SliceInfo]) -> tuple[list[Group], list[Issue]]:
+    """Split a series into groups the way dcm2niix does; one Issue per rule that split it."""
+    keys = [tuple(rule[2](s) for rule in SPLIT_RULES) for s in slices]
+    groups: dict[tuple[Hashable, ...], list[SliceInfo]] = {}
+    for key, s in zip(keys, slices, strict=True):
+        groups.setdefault(key, []).append(s)
+    splits: list[Issue] = []
+    varying: set[int] = set()
+    for i, (code, text, _) in enumerate(SPLIT_RULES):
+        values = {k[i] for k in keys}
+        if len(values) > 1:
+            varying.add(i)
+            splits.append(Issue(code, f"{text} ({len(values)} values)"))
+    out = []
+    for members in groups.values():
+        first = min(members, key=lambda s: s.instance_number)
+        kind = next((sfx for code, sfx in _TYPE_SUFFIX if code in first.image_type[2:]), "")
+        # Like dcm2niix, phase/real/imaginary images are named as such even when nothing else split them.
+        suffix = kind if kind in _ALWAYS_SUFFIX or 0 in varying else ""
+        known_type = bool(kind) or bool({"M", "MAGNITUDE"} & set(first.image_type[2:])) or 0 not in varying
+        if 1 in varying:
+            echo = first.echo_number
+            if echo is None:
+                tes = sorted({_round(s.echo_time, 2) or 0.0 for s in slices})
+                echo = tes.index(_round(first.echo_time, 2) or 0.0) + 1
+            suffix += f"_e{echo}"
+        if varying - {0, 1} or not known_type:
+            suffix += f"_i{first.instance_number:05d}"
+        out.append(Group(sorted(members, key=lambda s: s.instance_number), suffix))
+    out.sort(key=lambda g: (g.suffix, g.slices[0].instance_number))
+    return out, splits
+
+
+def looks_like_localizer(slices: Sequence[SliceInfo], description: str) -> bool:
+    """ImageType LOCALIZER, or several near-orthogonal planes that are few-sliced or named like a localizer."""
+    if any("LOCALIZER" in s.image_type for s in slices):
+        return True
+    by_iop: dict[tuple[float, ...], int] = {}
+    for s in slices:
+        if s.iop is not None:
+            by_iop[s.iop] = by_iop.get(s.iop, 0) + 1
+    planes: dict[tuple[float, ...], int] = {}
+    normals: dict[tuple[float, ...], np.ndarray] = {}
+    for iop, count in by_iop.items():
+        n = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+        key = tuple(round(float(v), 2) for v in n)
+        planes[key] = planes.get(key, 0) + count
+        normals[key] = n
+    if len(planes) < 2:
+        return False
+    vecs = list(normals.values())
+    orthogonal = any(abs(float(np.dot(a, b))) < 0.2 for i, a in enumerate(vecs) for b in vecs[i + 1:])
+    few = max(planes.values()) <= 5
+    return orthogonal and (few or bool(_LOCALIZER_WORDS.search(description)))
+
+
+# ----- stacking ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """One output file's slices in spatial order: volumes[t][z], plus its geometry and what was wrong with it."""
+
+    volumes: list[list[SliceInfo]]
+    row: np.ndarray
+    col: np.ndarray
+    normal: np.ndarray
+    step: np.ndarray  # vector from one slice to the next (along normal unless gantry tilt)
+    slice_spacing: float
+    issues: list[Issue] = field(default_factory=list)
+    tilt_deg: float = 0.0
+    projection: bool = False
+    corner: np.ndarray | None = None  # LPS of the first voxel in DICOM order when images carry no IPP
+    flip_rows: bool = True  # dcm2niix stores rows bottom-up, except for multi-frame images without geometry
+
+    @property
+    def first(self) -> SliceInfo:
+        return self.volumes[0][0]
+
+    @property
+    def geometry_errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.code in GEOMETRY_ERRORS]
+
+
+def _temporal_key(s: SliceInfo) -> tuple[float, ...]:
+    return (
+        float(s.temporal_position or 0),
+        float(s.acquisition_number or 0),
+        float(s.trigger_time or 0.0),
+        float(s.instance_number),
+        float(s.frame or 0),
+    )
+
+
+def stack_group(group: Group, position_tol: float = 0.01, spacing_tol: float = 0.01) -> Stack:
+    """Sort a group spatially (IPP projected on the slice normal), detect 4D repeats and geometry faults."""
+    slices = group.slices
+    first = slices[0]
+    if first.iop is None or any(s.ipp is None for s in slices):
+        return _projection_stack(slices)
+    row = np.asarray(first.iop[:3])
+    col = np.asarray(first.iop[3:])
+    normal = np.cross(row, col)
+    if first.stack_normal is not None and float(np.dot(first.stack_normal, normal)) < 0:
+        normal = -normal  # dcm2niix keeps a mosaic's slices in CSA order, even when that is descending
+    dist = [float(np.dot(np.asarray(s.ipp), normal)) for s in slices]
+    order = sorted(range(len(slices)), key=lambda i: (dist[i], _temporal_key(slices[i])))
+    clusters: list[list[int]] = []
+    for i in order:
+        if clusters and abs(dist[i] - dist[clusters[-1][0]]) <= position_tol:
+            clusters[-1].append(i)
+        else:
+            clusters.append([i])
+    issues: list[Issue] = []
+    positions: list[list[SliceInfo]] = []
+    dropped = 0
+    for members in clusters:
+        kept: list[SliceInfo] = []
+        seen: set[tuple[Hashable, ...]] = set()
+        for i in sorted(members, key=lambda i: _temporal_key(slices[i])):
+            s = slices[i]
+            key = (s.sop_uid, s.frame) if s.frame is not None else (s.sop_uid,)
+            ident = (*_temporal_key(s), s.bvalue, s.bvec)
+            if key in seen or ident in seen:
+                dropped += 1
+                continue
+            seen.update({key, ident})
+            kept.append(s)
+        positions.append(kept)
+    if dropped:
+        issues.append(Issue("DUPLICATE_SLICE", f"{dropped} duplicate image(s) at an occupied position ignored"))
+    counts = [len(p) for p in positions]
+    n_vol = min(counts)
+    if max(counts) != n_vol:
+        issues.append(Issue("INCOMPLETE_4D", f"positions hold {n_vol} to {max(counts)} images; "
+                                             f"only {n_vol} complete volume(s)"))
+    volumes = [[p[t] for p in positions] for t in range(n_vol)]
+    centers = np.array([np.asarray(p[0].ipp) for p in positions])
+    d = np.array([float(np.dot(c, normal)) for c in centers])
+    spacing = 0.0
+    step = normal.copy()
+    tilt = 0.0
+    if len(d) > 1:
+        steps = np.diff(d)
+        median = float(np.median(steps))
+        tol = max(position_tol * 2, spacing_tol * median)
+        spacing = (float(d[-1]) - float(d[0])) / (len(d) - 1)
+        off = np.abs(steps - median) > tol
+        if off.any():
+            ratio = steps[off] / median
+            if np.all(np.abs(ratio - np.round(ratio)) * median <= tol) and np.all(np.round(ratio) >= 2):
+                missing = int(np.sum(np.round(ratio) - 1))
+                issues.append(Issue("MISSING_SLICE", f"{missing} slice(s) missing: gap of "
+                                                     f"{float(np.max(steps)):.3g} mm where slices are {median:.3g} mm apart"))
+            else:
+                issues.append(Issue("UNEVEN_SPACING", f"slice spacing varies from {float(np.min(steps)):.4g} to "
+                                                      f"{float(np.max(steps)):.4g} mm"))
+        else:
+            spacing = median
+        # In-plane drift of IPP from slice to slice is a sheared (gantry-tilted) acquisition.
+        total = centers[-1] - centers[0]
+        along = float(np.dot(total, normal))
+        inplane = total - along * normal
+        if float(np.linalg.norm(inplane)) > position_tol * 2 and abs(along) > 0:
+            step = total / along  # per mm along the normal
+            tilt = float(np.degrees(np.arctan2(float(np.linalg.norm(inplane)), abs(along))))
+            issues.append(Issue("GANTRY_TILT", f"slices sheared by {tilt:.2f} degrees "
+                                               f"(GantryDetectorTilt {first.gantry_tilt:g})"))
+    if spacing <= 0:
+        # One slice: like dcm2niix, the declared spacing, else the thickness, sizes the third axis.
+        spacing = float(_num(first.header, "SpacingBetweenSlices") or _num(first.header, "SliceThickness") or 1.0)
+    return Stack(volumes, row, col, normal, step * spacing if tilt else normal * spacing, spacing, issues, tilt)
+
+
+def _projection_stack(slices: Sequence[SliceInfo]) -> Stack:
+    """Images without patient geometry: one 2D image, or the frames of one multi-frame file in frame order.
+
+    Like dcm2niix, the volume is centred on the origin with identity orientation, and NO_GEOMETRY says so.
+    """
+    same_file = len({s.path for s in slices}) == 1 and all(s.frame is not None for s in slices)
+    if len(slices) != 1 and not same_file:
+        raise ValueError(f"{len(slices)} images without patient geometry cannot be stacked")
+    ordered = sorted(slices, key=lambda s: s.frame or 0)
+    first = ordered[0]
+    dy, dx = first.pixel_spacing
+    dz = float(_num(first.header, "SpacingBetweenSlices") or _num(first.header, "SliceThickness") or 1.0)
+    if len(ordered) == 1:
+        dz = float(_num(first.header, "SliceThickness") or 1.0)
+    corner = -np.array([dx * (first.cols - 1), dy * (first.rows - 1), dz * (len(ordered) - 1)]) / 2
+    issues = [] if len(ordered) == 1 else [Issue("NO_GEOMETRY", "frames have no position/orientation; "
+                                                                "stacked in frame order, centred, identity orientation")]
+    row, col, normal = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    if len(ordered) == 1:
+        return Stack([ordered], row, col, normal, normal * dz, dz, issues, projection=True, corner=corner)
+    # dcm2niix keeps the frames' row order here and shows them anterior-up: same affine, unflipped rows.
+    col = np.array([0.0, -1.0, 0.0])
+    corner = corner * np.array([1.0, -1.0, 1.0])
+    return Stack([ordered], row, col, normal, normal * dz, dz, issues, projection=True, corner=corner, flip_rows=False)
+
+
+# ----- pixels --------------------------------------------------------------------------------------------------
+
+_NATIVE = {ExplicitVRLittleEndian: 12, ImplicitVRLittleEndian: 8}
+
+
+def read_pixels(s: SliceInfo, cache: dict[Path, np.ndarray] | None = None) -> np.ndarray:
+    """Stored values of one image as a 2D array [rows, cols] (decoded once; multi-frame files cached per call)."""
+    if s.mosaic_side:
+        full = cache.get(s.path) if cache is not None else None
+        if full is None:
+            whole = replace(s, rows=s.rows * s.mosaic_side, cols=s.cols * s.mosaic_side, frame=None, mosaic_side=0)
+            full = read_pixels(whole)
+            if cache is not None:
+                cache.clear()
+                cache[s.path] = full
+        r0, c0 = (s.frame or 0) // s.mosaic_side * s.rows, (s.frame or 0) % s.mosaic_side * s.cols
+        return full[r0:r0 + s.rows, c0:c0 + s.cols]
+    if s.frame is not None:
+        if cache is not None and s.path in cache:
+            return cache[s.path][s.frame]
+        frames = _decode(s.path)
+        if cache is not None:
+            cache.clear()  # one multi-frame file at a time keeps memory bounded
+            cache[s.path] = frames
+        return frames[s.frame]
+    fast = _read_native(s)
+    if fast is not None:
+        return fast
+    arr = _decode(s.path)
+    if arr.ndim != 2:
+        raise ValueError(f"{s.path.name}: expected one grey-level frame, got pixel array of shape {arr.shape}")
+    return arr
+
+
+def _decode(path: Path) -> np.ndarray:
+    """All frames of a file through pydicom's decoders (compressed syntaxes, big endian, odd bit depths)."""
+    ds = pydicom.dcmread(path)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ValueError(f"{path.name}: no pixel data")
+    arr: np.ndarray = ds.pixel_array
+    return arr
+
+
+def _read_native(s: SliceInfo) -> np.ndarray | None:
+    """Read uncompressed little-endian 8/16-bit pixel data straight from the file when it is laid out simply.
+
+    pydicom's decoder is the reference; this path is taken only at the offset the fast header reader found,
+    or when the last element is exactly the pixel data of the expected length (checked byte for byte).
+    """
+    header_len = _NATIVE.get(UID(s.transfer_syntax)) if s.transfer_syntax else None
+    bits = s.bits_allocated
+    if header_len is None or bits not in (8, 16) or s.samples != 1:
+        return None
+    if s.signed and s.bits_stored != bits:
+        return None
+    n = s.rows * s.cols * bits // 8
+    with open(s.path, "rb") as fh:
+        if s.pixel_offset is not None:
+            if s.pixel_length is not None and s.pixel_length < n:
+                raise ValueError(f"{s.path.name}: pixel data holds {s.pixel_length} bytes, {n} expected")
+            fh.seek(s.pixel_offset)
+            blob = fh.read(n)
+            if len(blob) != n:
+                raise ValueError(f"{s.path.name}: pixel data truncated ({len(blob)} of {n} bytes)")
+            offset = 0
+        else:
+            fh.seek(0, 2)
+            size = fh.tell()
+            if size < n + header_len:
+                return None
+            fh.seek(size - n - header_len)
+            blob = fh.read()
+            tag, length = blob[:header_len], n.to_bytes(4, "little")
+            if header_len == 12:
+                if tag[:4] != b"\xe0\x7f\x10\x00" or tag[4:6] not in (b"OW", b"OB") or tag[8:] != length:
+                    return None
+            elif tag != b"\xe0\x7f\x10\x00" + length:
+                return None
+            offset = header_len
+    dtype = np.dtype(("<i" if s.signed else "<u") + str(bits // 8))
+    arr = np.frombuffer(blob, dtype=dtype, offset=offset).reshape(s.rows, s.cols)
+    if not s.signed and s.bits_stored < bits:
+        arr = arr & np.array((1 << s.bits_stored) - 1, dtype=dtype)
+    return arr

@@ -1,0 +1,468 @@
+"""Watchdog-triggered study processing: ready markers -> worker processes -> whole folders in outbox/."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shutil
+import sqlite3
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from node import __version__
+from node.background import start_observer, stop_observer
+from node.config import Config
+from node.dicom.validators import is_valid_uid
+from node.ops.metrics import Metrics
+from node.process import completion
+from node.process.completion import StudyState
+from node.process.outbox import TEMP_PREFIX, disambiguate, folder_name, publish, sweep
+from node.store.store import Store, file_sha256
+
+log = logging.getLogger(__name__)
+
+ALL_OUTPUTS = ("excel", "nifti")
+# outbox/requests/ holds the request status files; no study folder may take that name.
+RESERVED_FOLDERS = frozenset({"requests"})
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """Everything a worker process needs to build one study version (plain values: it crosses processes)."""
+
+    study_uid: str
+    version: int
+    may_be_incomplete: bool
+    reason: str
+    store_dir: str
+    outbox_dir: str
+    folder: str
+    outputs: tuple[str, ...]
+    nifti_options: dict[str, Any] = field(default_factory=dict)
+    templates_dir: str | None = None
+    mr_clean_config: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    study_uid: str
+    version: int
+    folder: str
+    ok: bool
+    reason: str
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"dicom-node": __version__, "python": platform.python_version()}
+    for package in ("pydicom", "pynetdicom", "SimpleITK", "pandas", "openpyxl", "numpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def _worker_init() -> None:
+    """In each worker: die with the node (no orphan publishing after a crash), and import the heavy stack once."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, 9)  # SIGKILL when the parent dies
+    except (OSError, AttributeError):
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+def _warm() -> int:
+    return os.getpid()
+
+
+def _series_files(study_dir: Path) -> dict[str, list[Path]]:
+    series: dict[str, list[Path]] = {}
+    if not study_dir.is_dir():
+        return series
+    for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
+        files = sorted(series_dir.glob("*.dcm"))
+        if files:
+            series[series_dir.name] = files
+    return series
+
+
+def run_job(job: StudyJob) -> JobResult:
+    """Build a study's outputs in a staging folder, then publish it whole. Runs in a worker process."""
+    started = time.monotonic()
+    outbox = Path(job.outbox_dir)
+    study_dir = Path(job.store_dir) / job.study_uid
+    staged = outbox / f"{TEMP_PREFIX}{job.study_uid}-v{job.version}-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    warnings: list[str] = []
+    errors: list[str] = []
+    try:
+        series = _series_files(study_dir)
+        if not series:
+            raise RuntimeError(f"no instances on disk under {study_dir.name}")
+        outcomes: dict[str, Any] = {}
+        if "nifti" in job.outputs:
+            try:
+                from node.process.nifti.convert import NiftiOptions, convert_study
+
+                outcomes = convert_study(series, staged / "nifti", NiftiOptions(**job.nifti_options))
+            except Exception as exc:
+                errors.append(f"nifti: {type(exc).__name__}: {exc}")
+                log.exception("NIfTI conversion failed for study %s", job.study_uid)
+        workbook_sheets: dict[str, int] = {}
+        if "excel" in job.outputs:
+            try:
+                from node.process.workbook.metadata import build_workbook
+
+                wb = build_workbook(
+                    [f for files in series.values() for f in files],
+                    study_dir,
+                    staged / "metadata.xlsx",
+                    outcomes or None,
+                    templates_dir=Path(job.templates_dir) if job.templates_dir else None,
+                    mr_clean_config=Path(job.mr_clean_config) if job.mr_clean_config else None,
+                )
+                workbook_sheets = dict(wb.sheets)
+                warnings.extend(f"workbook: {w}" for w in wb.warnings)
+            except Exception as exc:
+                errors.append(f"excel: {type(exc).__name__}: {exc}")
+                log.exception("Workbook failed for study %s", job.study_uid)
+        if errors and len(errors) == len(job.outputs):
+            raise RuntimeError("; ".join(errors))
+        series_entries = []
+        for series_uid, files in series.items():
+            outcome = outcomes.get(series_uid)
+            entry: dict[str, Any] = {"series_uid": series_uid, "instances": len(files)}
+            if outcome is not None:
+                entry.update(
+                    volumes=outcome.volumes,
+                    files=list(outcome.files),
+                    warnings=list(outcome.warnings),
+                    skipped_reason=outcome.skipped_reason,
+                    error=outcome.error,
+                )
+                warnings.extend(f"series {series_uid}: {w}" for w in outcome.warnings)
+                if outcome.error:
+                    warnings.append(f"series {series_uid}: conversion failed: {outcome.error}")
+            series_entries.append(entry)
+        if job.may_be_incomplete:
+            warnings.insert(0, f"MAY_BE_INCOMPLETE: {job.reason}")
+        outputs = [
+            {"path": str(p.relative_to(staged)), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(staged.rglob("*"))
+            if p.is_file()
+        ]
+        manifest = {
+            "study_uid": job.study_uid,
+            "version": job.version,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "may_be_incomplete": job.may_be_incomplete,
+            "completion": job.reason,
+            "outputs_requested": list(job.outputs),
+            "inputs": {"instances": sum(len(f) for f in series.values()), "series": series_entries},
+            "outputs": outputs,
+            "workbook_sheets": workbook_sheets,
+            "errors": errors,
+            "warnings": warnings,
+            "software": _versions(),
+        }
+        with (staged / "manifest.json").open("w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, ensure_ascii=False)
+        publish(staged, outbox / job.folder)
+    except Exception as exc:  # noqa: BLE001 - a failed study is reported in its state, never crashes the pool
+        shutil.rmtree(staged, ignore_errors=True)
+        return JobResult(
+            job.study_uid,
+            job.version,
+            job.folder,
+            ok=False,
+            reason=f"{type(exc).__name__}: {exc}",
+            warnings=tuple(traceback.format_exc().splitlines()[-3:]),
+            seconds=time.monotonic() - started,
+        )
+    summary = "; ".join(errors) if errors else "ok"
+    return JobResult(job.study_uid, job.version, job.folder, True, summary, tuple(warnings), time.monotonic() - started)
+
+
+class _ReadyHandler(FileSystemEventHandler):
+    """Watchdog thread side: only wakes the dispatcher (no file or database I/O in the event path)."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self.processor.wake()
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self.processor.wake()
+
+
+class Processor:
+    """Owns the worker pool and the watchdog observer on var/ready/; claims each study version exactly once."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.ready = completion.ready_dir(store)
+        self.ready.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._running: dict[str, cf.Future[JobResult]] = {}
+        self._observer: Any = None
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._dispatcher: threading.Thread | None = None
+        completion.migrate(store)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._recover()
+        # spawn: the node process runs network threads; forking it would copy their locks mid-flight.
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = cf.ProcessPoolExecutor(
+            max_workers=self.config.processing.workers, mp_context=ctx, initializer=_worker_init
+        )
+        # Start the workers now, so the first study does not pay for spawning and importing the stack.
+        for _ in range(self.config.processing.workers):
+            self._pool.submit(_warm)
+        self._stop.clear()
+        self._observer = start_observer(self.ready, _ReadyHandler(self))
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="processor", daemon=True)
+        self._dispatcher.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _dispatch_loop(self) -> None:
+        """Look at the ready markers when watchdog says one appeared, and every rescan interval regardless."""
+        while not self._stop.is_set():
+            try:
+                self.rescan()
+            except Exception:  # the next pass retries; a bad marker must not end dispatching
+                log.exception("Dispatching ready studies failed")
+            self._wake.wait(self.config.processing.rescan_interval_s)
+            self._wake.clear()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work; running jobs get `timeout` seconds to publish, then their workers are killed.
+
+        Nothing is lost either way: a killed job left only a staging folder (swept at start) and its study
+        stays `processing` with its marker, so the next start processes it again.
+        """
+        stop_observer(self._observer)
+        self._observer = None
+        self._stop.set()
+        self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=30)
+            self._dispatcher = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with self._lock:
+            running = list(self._running.values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        _done, pending = cf.wait(running, timeout=timeout)
+        if pending:
+            log.warning("Stopping with %d study job(s) still running: their workers are terminated", len(pending))
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True)
+
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    # ------------------------------------------------------------ dispatch
+
+    def rescan(self) -> None:
+        """Look at every marker (cheap: one small file per complete study), so a missed event costs nothing."""
+        for marker in sorted(self.ready.glob("*.json")):
+            self.poke(marker)
+
+    def poke(self, marker: Path) -> None:
+        if marker.parent != self.ready or marker.suffix != ".json" or marker.name.startswith("."):
+            return
+        study_uid = marker.stem
+        if not is_valid_uid(study_uid):
+            log.warning("Ignoring unexpected file in %s: %s", self.ready, marker.name)
+            return
+        try:
+            payload = json.loads(marker.read_text(encoding="utf-8"))
+            version = int(payload["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # vanished or being replaced; the rescan will see the final one
+        with self._lock:
+            if study_uid in self._running or self._pool is None:
+                return
+            job = self._claim(study_uid, version, payload)
+            if job is None:
+                return
+            future = self._pool.submit(run_job, job)
+            self._running[study_uid] = future
+        log.info("Processing study %s version %d into outbox/%s (%s)", study_uid, version, job.folder, ", ".join(job.outputs))
+        future.add_done_callback(functools.partial(self._finished, marker=marker))
+
+    def _claim(self, study_uid: str, version: int, payload: dict[str, Any]) -> StudyJob | None:
+        """complete -> processing for exactly this version, atomically; None when someone else has it or it is stale."""
+        row = self.store.query(
+            "SELECT state, version, patient_id, study_date, accession FROM studies WHERE study_uid=?", (study_uid,)
+        )
+        if not row:
+            return None
+        state, current, patient_id, study_date, accession = row[0]
+        if state != StudyState.COMPLETE or int(current) != version:
+            if state in (StudyState.DONE, StudyState.FAILED) and int(current) >= version:
+                self._remove_marker(study_uid, version)
+            return None
+        folder = self._folder_for(study_uid, {"PatientID": patient_id, "StudyDate": study_date, "AccessionNumber": accession})
+        with self.store.transaction() as db:
+            cur = db.execute(
+                "UPDATE studies SET state=?, state_changed=?, attempts=attempts+1 WHERE study_uid=? AND state=? AND version=?",
+                (StudyState.PROCESSING, time.time(), study_uid, StudyState.COMPLETE, version),
+            )
+            if cur.rowcount != 1:
+                return None
+        p = self.config.processing
+        return StudyJob(
+            study_uid=study_uid,
+            version=version,
+            may_be_incomplete=bool(payload.get("may_be_incomplete")),
+            reason=str(payload.get("reason", "")),
+            store_dir=str(self.store.paths.store),
+            outbox_dir=str(self.config.paths.outbox),
+            folder=folder,
+            outputs=self._outputs_for(study_uid),
+            nifti_options=dict(self.config.nifti),
+            templates_dir=str(p.templates_dir) if p.templates_dir else None,
+            mr_clean_config=str(p.mr_clean_config) if p.mr_clean_config else None,
+        )
+
+    def _folder_for(self, study_uid: str, attributes: dict[str, str | None]) -> str:
+        """The study's outbox folder: its previous one, or the template name, disambiguated if another study has it."""
+        previous = self.store.query("SELECT outbox_path FROM studies WHERE study_uid=?", (study_uid,))
+        if previous and previous[0][0]:
+            return str(previous[0][0])
+        name = folder_name(self.config.processing.folder_template, attributes, study_uid)
+        taken = self.store.query("SELECT 1 FROM studies WHERE outbox_path=? AND study_uid<>?", (name, study_uid))
+        existing = self.config.paths.outbox / name / "manifest.json"
+        foreign = False
+        if existing.exists():
+            try:
+                foreign = json.loads(existing.read_text(encoding="utf-8")).get("study_uid") != study_uid
+            except (OSError, ValueError):
+                foreign = True
+        reserved = name.lower() in RESERVED_FOLDERS
+        return disambiguate(name, study_uid) if taken or foreign or reserved else name
+
+    def _outputs_for(self, study_uid: str) -> tuple[str, ...]:
+        """Outputs asked for by the requests that pulled this study, else the configured default."""
+        wanted: set[str] = set()
+        try:
+            rows = self.store.query(
+                "SELECT r.outputs FROM requests r JOIN request_studies rs ON rs.request_id=r.id WHERE rs.study_uid=?",
+                (study_uid,),
+            )
+        except sqlite3.OperationalError:
+            rows = []
+        for (raw,) in rows:
+            try:
+                wanted.update(str(o) for o in json.loads(raw or "[]"))
+            except ValueError:
+                continue
+        chosen = [o for o in ALL_OUTPUTS if o in wanted] or list(self.config.processing.outputs)
+        return tuple(chosen)
+
+    def _finished(self, future: cf.Future[JobResult], *, marker: Path) -> None:
+        study_uid = marker.stem
+        try:
+            result = future.result()
+        except cf.CancelledError:
+            with self._lock:
+                self._running.pop(study_uid, None)
+            return
+        except Exception as exc:  # noqa: BLE001 - a dead worker fails this study, not the node
+            result = JobResult(study_uid, -1, "", False, f"worker crashed: {exc}")
+        with self._lock:
+            self._running.pop(study_uid, None)
+        if result.ok:
+            completion.set_state(self.store, study_uid, StudyState.DONE, result.reason, outbox_path=result.folder)
+            log.info(
+                "Study %s version %d done in %.1fs: outbox/%s%s",
+                study_uid,
+                result.version,
+                result.seconds,
+                result.folder,
+                f" ({len(result.warnings)} warning(s))" if result.warnings else "",
+            )
+        else:
+            completion.set_state(self.store, study_uid, StudyState.FAILED, result.reason)
+            log.error("Study %s failed: %s", study_uid, result.reason)
+        if self.metrics is not None:
+            self.metrics.observe("dicomnode_processing_seconds", result.seconds)
+        self._remove_marker(study_uid, result.version)
+
+    def _remove_marker(self, study_uid: str, version: int) -> None:
+        marker = self.ready / f"{study_uid}.json"
+        try:
+            if int(json.loads(marker.read_text(encoding="utf-8"))["version"]) <= version:
+                marker.unlink()
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+
+    # ------------------------------------------------------------ restart
+
+    def _recover(self) -> None:
+        """After a crash: a study left `processing` is done if its version was published, else processed again."""
+        removed = sweep(self.config.paths.outbox)
+        if removed:
+            log.info("Removed %d unpublished staging folder(s) from the outbox", removed)
+        rows = self.store.query(
+            "SELECT study_uid, version, outbox_path, may_be_incomplete, reason FROM studies WHERE state=?",
+            (StudyState.PROCESSING,),
+        )
+        for study_uid, version, outbox_path, incomplete, reason in rows:
+            folder = outbox_path or self._folder_for(study_uid, {})
+            manifest = self.config.paths.outbox / folder / "manifest.json"
+            published = None
+            if manifest.exists():
+                try:
+                    data = json.loads(manifest.read_text(encoding="utf-8"))
+                    if data.get("study_uid") == study_uid:
+                        published = int(data.get("version", -1))
+                except (OSError, ValueError):
+                    published = None
+            if published == int(version):
+                completion.set_state(self.store, study_uid, StudyState.DONE, "published before restart", outbox_path=folder)
+                self._remove_marker(study_uid, int(version))
+                log.info("Study %s version %s was published before the restart: done", study_uid, version)
+                continue
+            with self.store.transaction() as db:
+                db.execute(
+                    "UPDATE studies SET state=?, state_changed=? WHERE study_uid=?",
+                    (StudyState.COMPLETE, time.time(), study_uid),
+                )
+            completion.write_marker(self.store, study_uid, int(version), bool(incomplete), str(reason or ""))
+            log.info("Study %s version %s was interrupted by a restart: processing it again", study_uid, version)
+

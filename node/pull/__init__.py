@@ -1,0 +1,1 @@
+"""Pulling from peers: request files, the inbox, the scheduler and the SCU."""

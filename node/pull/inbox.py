@@ -1,0 +1,422 @@
+"""The inbox: pick up complete request files (watchdog + rescans), move them to active/done/failed, write status files."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from node.background import start_observer, stop_observer
+from node.config import Config
+from node.pull import requests as requests_mod
+from node.pull.requests import RequestError
+from node.pull.scheduler import COMPLETE, FAILED, MOVING, QUERYING, QUEUED, R_DONE, R_FAILED, WAITING, Scheduler
+from node.store.store import Store, fsync_dir
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".yaml", ".yml", ".csv")
+ACTIVE, DONE, FAILED_DIR = "active", "done", "failed"
+# Folders of the inbox that are not requests: ours, and the importer's (node/importer.py IMPORT_DIR).
+_OWN_FOLDERS = frozenset({ACTIVE, DONE, FAILED_DIR, "import"})
+STATUS_REFRESH_S = 2.0  # how often requests waiting for processing re-read studies.state
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).astimezone().isoformat(timespec="seconds")
+
+
+def is_candidate(path: Path) -> bool:
+    """A request file by name: *.yaml/*.yml/*.csv, not hidden (editors and copy tools write hidden temp files)."""
+    return path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
+
+
+def _unique(folder: Path, name: str) -> Path:
+    target = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n = 2
+    while target.exists():
+        target = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return target
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def study_display_state(item_state: str, study_state: str | None, received: int | None, expected: int | None) -> str:
+    """What the user reads for one study: the pull's state, then the processor's (studies.state)."""
+    if item_state == MOVING:
+        return f"moving {received or 0}/{expected or 0}"
+    if item_state == WAITING:
+        return "waiting for window"
+    if item_state in (QUEUED, QUERYING, FAILED):
+        return item_state
+    if item_state == COMPLETE:
+        if study_state in ("processing", "done", "failed"):
+            return study_state
+        if study_state == "discarded":
+            return "failed"
+        return "complete"
+    return item_state
+
+
+def status_document(store: Store, rid: int) -> dict[str, Any] | None:
+    """The status of one request as a plain mapping (the status file, and `daemon.py status`)."""
+    rows = store.query(
+        "SELECT name, file_name, file_location, peer, outputs, priority, not_before, state, reason, created"
+        " FROM requests WHERE id=?", (rid,))
+    if not rows:
+        return None
+    name, file_name, location, peer, outputs, priority, not_before, state, reason, created = rows[0]
+    queries = []
+    for query, q_state, attempts, next_attempt, q_reason, found in store.query(
+        "SELECT query, state, attempts, next_attempt, reason, found FROM request_queries WHERE request_id=? ORDER BY idx",
+        (rid,),
+    ):
+        entry: dict[str, Any] = {"query": json.loads(query), "state": q_state}
+        if found is not None:
+            entry["studies_found"] = found
+        if attempts:
+            entry["attempts"] = attempts
+        if q_state in (QUEUED, WAITING) and (attempts or q_state == WAITING or next_attempt > time.time()):
+            entry["next_attempt"] = _iso(next_attempt)
+        if q_reason:
+            entry["reason"] = q_reason
+        queries.append(entry)
+    studies = []
+    for (study_uid, accession, patient_id, study_date, rs_state, attempts, next_attempt, rs_reason, expected,
+         received, st_state, st_reason, outbox) in store.query(
+        "SELECT rs.study_uid, rs.accession, rs.patient_id, rs.study_date, rs.state, rs.attempts, rs.next_attempt,"
+        " rs.reason, rs.expected, rs.received, st.state, st.reason, st.outbox_path FROM request_studies rs"
+        " LEFT JOIN studies st ON st.study_uid=rs.study_uid LEFT JOIN request_queries q ON q.id=rs.query_id"
+        " WHERE rs.request_id=? ORDER BY q.idx, rs.id", (rid,),
+    ):
+        shown = study_display_state(rs_state, st_state, received, expected)
+        study: dict[str, Any] = {"study_uid": study_uid, "accession": accession, "patient_id": patient_id,
+                                 "study_date": study_date, "state": shown}
+        if expected is not None:
+            study["instances"] = f"{received or 0}/{expected}"
+        series = store.query(
+            "SELECT state, COUNT(*) FROM request_series WHERE request_id=? AND study_uid=? GROUP BY state", (rid, study_uid))
+        if series:
+            study["series"] = {s: n for s, n in series}
+        if attempts:
+            study["attempts"] = attempts
+        if rs_state in (QUEUED, WAITING) and attempts:
+            study["next_attempt"] = _iso(next_attempt)
+        if shown == "done" and outbox:
+            study["outbox"] = outbox
+        why = st_reason if shown == "failed" and rs_state == COMPLETE else rs_reason
+        if why and shown not in ("complete", "processing", "done"):
+            study["reason"] = why
+        studies.append(study)
+    counts: dict[str, int] = {}
+    for s in studies:
+        key = "moving" if str(s["state"]).startswith("moving") else str(s["state"])
+        counts[key] = counts.get(key, 0) + 1
+    doc: dict[str, Any] = {
+        "request": name,
+        "file": f"inbox/{location}/{file_name}" if location != "inbox" else f"inbox/{file_name}",
+        "state": state,
+    }
+    if reason:
+        doc["reason"] = reason
+    doc.update({
+        "peer": peer,
+        "priority": priority,
+        "outputs": json.loads(outputs),
+        "not_before": _iso(not_before),
+        "received": _iso(created),
+        "summary": counts,
+        "queries": queries,
+        "studies": studies,
+    })
+    return doc
+
+
+class _Events(FileSystemEventHandler):
+    """Watchdog thread side: only notes paths and wakes the inbox thread (no I/O in the event path)."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if event.event_type == "moved":
+            self.inbox.note(Path(os.fsdecode(event.dest_path)), renamed=True)
+        elif event.event_type in ("created", "modified", "closed"):
+            self.inbox.note(Path(os.fsdecode(event.src_path)), renamed=False)
+
+
+class Inbox:
+    """Owns inbox/ and outbox/requests/: accepts request files once complete and reports each request's status."""
+
+    def __init__(self, config: Config, store: Store, scheduler: Scheduler) -> None:
+        self.config = config
+        self.store = store
+        self.scheduler = scheduler
+        self.root = config.paths.inbox
+        self.status_dir = config.paths.outbox / "requests"
+        for folder in (self.root, self.root / ACTIVE, self.root / DONE, self.root / FAILED_DIR, self.status_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pending: set[Path] = set()
+        self._renamed: set[Path] = set()
+        self._lock = threading.Lock()
+        self._files_lock = threading.RLock()
+        self._last_status: dict[int, str] = {}
+        self._warned: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._observer: Any = None
+        scheduler.on_change = self.request_changed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Rescan at once (events may have been missed while stopped), then watch."""
+        self._stop.clear()
+        self._observer = start_observer(self.root, _Events(self))
+        self._thread = threading.Thread(target=self._loop, name="inbox", daemon=True)
+        self._thread.start()
+        log.info("Watching %s for request files", self.root)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        stop_observer(self._observer)
+        self._observer = None
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def reload(self, config: Config) -> None:
+        self.config = config
+
+    def note(self, path: Path, renamed: bool) -> None:
+        if path.parent != self.root or not is_candidate(path):
+            return
+        with self._lock:
+            self._pending.add(path)
+            if renamed:
+                self._renamed.add(path)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        next_rescan = 0.0
+        next_refresh = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_rescan:
+                    self.rescan()
+                    next_rescan = now + self.config.requests.rescan_interval_s
+                wait_for = self.process_pending()
+                if now >= next_refresh:
+                    self.refresh_open()
+                    next_refresh = now + STATUS_REFRESH_S
+            except Exception:
+                log.exception("Inbox pass failed; retrying at the next pass")
+                wait_for = 1.0
+            timeout = min(next_rescan - time.monotonic(), next_refresh - time.monotonic(), wait_for)
+            self._wake.wait(max(0.05, timeout))
+            self._wake.clear()
+
+    # ------------------------------------------------------------------ pick-up
+
+    def rescan(self) -> None:
+        """The safety net: every candidate in the inbox becomes pending (watchdog events are only the fast path)."""
+        with os.scandir(self.root) as entries:
+            listed = list(entries)
+        found = [Path(e.path) for e in listed if e.is_file(follow_symlinks=False) and is_candidate(Path(e.path))]
+        with self._lock:
+            self._pending.update(found)
+        for entry in listed:
+            self._warn_if_misplaced(entry)
+
+    def _warn_if_misplaced(self, entry: os.DirEntry[str]) -> None:
+        """DICOM (or anything else) dropped next to the request files is not read: say where it belongs, once."""
+        name = entry.name
+        if name.startswith(".") or name in _OWN_FOLDERS or is_candidate(Path(entry.path)) or name in self._warned:
+            return
+        self._warned.add(name)
+        log.warning(
+            "inbox/%s is not a request file (*.yaml, *.yml, *.csv) and is left alone; DICOM files, folders and "
+            "zip archives to import go into inbox/import/",
+            name,
+        )
+
+    def process_pending(self, now: float | None = None) -> float:
+        """Take every pending file that is complete; return seconds until the next one may be (inf if none)."""
+        now = time.time() if now is None else now
+        settle = self.config.requests.settle_s
+        with self._lock:
+            pending = sorted(self._pending)
+        wait = float("inf")
+        for path in pending:
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                self._forget(path)
+                continue
+            with self._lock:
+                renamed = path in self._renamed
+            age = now - st.st_mtime
+            if not renamed and age < settle:
+                wait = min(wait, settle - age)  # still being written, or written a moment ago: look again later
+                continue
+            self._forget(path)
+            try:
+                self.take(path)
+            except OSError as exc:
+                log.error("Cannot take request file %s: %s", path.name, exc)
+        return wait
+
+    def _forget(self, path: Path) -> None:
+        with self._lock:
+            self._pending.discard(path)
+            self._renamed.discard(path)
+
+    def take(self, path: Path) -> int | None:
+        """Validate one complete file and hand it to the scheduler; an invalid file goes to failed/ with the reason."""
+        if not path.is_file() or path.is_symlink():
+            return None
+        size = path.stat().st_size
+        limit = self.config.requests.max_file_bytes
+        if size > limit:
+            # Not read at all: a huge file is refused on its size.
+            self._refuse(path, [f"At '<file>': {size} bytes is larger than the limit of {limit} bytes "
+                                "(requests.max_file_bytes)"])
+            return None
+        raw = path.read_bytes()
+        sha = hashlib.sha256(raw).hexdigest()
+        known = self.store.query(
+            "SELECT id, name, file_name, file_location, state, created FROM requests WHERE sha256=? ORDER BY id DESC LIMIT 1",
+            (sha,))
+        if known:
+            rid, name, file_name, location, state, created = known[0]
+            if location == "inbox" and file_name == path.name:
+                self._activate(int(rid), path)  # a stop between recording and moving it: finish the move
+                return int(rid)
+            self._refuse(path, [f"At '<file>': same content as request {name!r} received {_iso(created)} "
+                                f"(state {state}): not run again. To run it again, change the file "
+                                "(a comment line is enough) and drop it in again."])
+            return None
+        stem = path.stem
+        try:
+            request = requests_mod.parse(path.name, raw, list(self.config.peers), limit, name=self._unique_name(stem))
+        except RequestError as exc:
+            self._refuse(path, exc.problems)
+            return None
+        with self._files_lock:
+            rid = self.scheduler.submit(request, path.name)
+            self._activate(rid, path)
+        return rid
+
+    def _unique_name(self, stem: str) -> str:
+        name, n = stem, 2
+        while self.store.query("SELECT 1 FROM requests WHERE name=?", (name,)):
+            name, n = f"{stem}-{n}", n + 1
+        return name
+
+    def _activate(self, rid: int, path: Path) -> None:
+        with self._files_lock:
+            target = _unique(self.root / ACTIVE, path.name)
+            os.replace(path, target)
+            fsync_dir(target.parent)
+            with self.store.transaction() as db:
+                db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, ACTIVE, rid))
+        self.request_changed(rid)
+
+    def _refuse(self, path: Path, problems: list[str]) -> None:
+        target = _unique(self.root / FAILED_DIR, path.name)
+        os.replace(path, target)
+        when = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+        text = (f"Request file {path.name} was refused ({when}), {len(problems)} problem(s):\n"
+                + "".join(f"  {p}\n" for p in problems)
+                + "\nNothing was run. Fix the file and drop it into the inbox again.\n")
+        _write_atomic(target.with_name(target.name + ".error.txt"), text)
+        fsync_dir(target.parent)
+        log.warning("Request file %s refused: %s", path.name, "; ".join(problems)[:2000])
+
+    # ------------------------------------------------------------------ status
+
+    def refresh_open(self) -> None:
+        """Requests waiting for processing follow studies.state; re-derive and rewrite their status when it changed."""
+        for rid in self.scheduler.open_requests():
+            self.scheduler.refresh_request(rid)
+            self.request_changed(rid)
+
+    def request_changed(self, rid: int) -> None:
+        """Rewrite the request's status file if its content changed; move the request file once it is final."""
+        with self._files_lock:
+            doc = status_document(self.store, rid)
+            if doc is None:
+                return
+            text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
+            if self._last_status.get(rid) != text:
+                stamped = f"# status of request {doc['request']}, updated {datetime.now(UTC).astimezone().isoformat()}\n"
+                _write_atomic(self.status_path(str(doc["request"])), stamped + text)
+                self._last_status[rid] = text
+            if doc["state"] in (R_DONE, R_FAILED):
+                self._finish_file(rid, str(doc["state"]), doc.get("reason"))
+
+    def status_path(self, name: str) -> Path:
+        return self.status_dir / f"{name}.status.yaml"
+
+    def _finish_file(self, rid: int, state: str, reason: str | None) -> None:
+        (file_name, location) = self.store.query("SELECT file_name, file_location FROM requests WHERE id=?", (rid,))[0]
+        if location != ACTIVE:
+            return
+        source = self.root / ACTIVE / file_name
+        folder = DONE if state == R_DONE else FAILED_DIR
+        target = _unique(self.root / folder, file_name)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(source, target)
+        if state == R_FAILED:
+            _write_atomic(target.with_name(target.name + ".error.txt"),
+                          f"Request {file_name} failed: {reason or 'see the status file'}\n"
+                          f"Status: {self.status_path(str(self._name(rid)))}\n")
+        fsync_dir(target.parent)
+        with self.store.transaction() as db:
+            db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, folder, rid))
+        log.info("Request %d %s: file moved to inbox/%s/%s", rid, state, folder, target.name)
+        self._last_status.pop(rid, None)
+        doc = status_document(self.store, rid)
+        if doc is not None:
+            _write_atomic(self.status_path(str(doc["request"])),
+                          f"# status of request {doc['request']}, final\n"
+                          + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120))
+
+    def _name(self, rid: int) -> str:
+        return str(self.store.query("SELECT name FROM requests WHERE id=?", (rid,))[0][0])
+
+
+def write_request(inbox: Path, name: str, text: str) -> Path:
+    """Drop a request file into the inbox whole: written to a hidden temp name, then renamed in."""
+    target = _unique(inbox, f"{name}.yaml")
+    tmp = inbox / f".{target.name}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,1 @@
+"""Receiving: the Storage SCP, connection screening, pynetdicom adaptations, disk guard, watch-folder import."""

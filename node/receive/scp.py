@@ -1,0 +1,515 @@
+"""Storage + Verification SCP: hardened sockets, association policy, and C-STORE handlers that only store and answer."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import shutil
+import socket
+import socketserver
+import ssl
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from node.config import Config
+from node.ops.metrics import Metrics
+from node.receive import fastpath
+from node.receive.diskguard import DiskGuard
+from node.store.store import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, Origin, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# Stream datasets to a temp file instead of memory, whatever their size.
+_config.STORE_RECV_CHUNKED_DATASET = True
+# We log our own events; pynetdicom's per-message logging would flood the journal.
+_config.LOG_HANDLER_LEVEL = "none"
+
+# Uncompressed and the common compressed syntaxes. Deflated Explicit VR LE is deliberately absent:
+# it can inflate without bound (a "deflate bomb") and no modality needs it.
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+# The first PDU must be an A-ASSOCIATE-RQ; real ones are a few kB (128 contexts are < 20 kB, < 40 kB even
+# with ten transfer syntaxes each). The screen waits for the whole RQ in the kernel's receive queue (MSG_PEEK),
+# so the bound also caps the buffer each pending connection may make us allocate.
+MAX_ASSOCIATE_RQ = 128 * 1024
+# Default TCP receive buffers reliably queue this much unread data; a larger RQ gets a larger buffer.
+_PEEKABLE_BY_DEFAULT = 32 * 1024
+_PDU_HEADER = struct.Struct(">BBL")
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class PduTooLarge(OSError):
+    """A peer declared a PDU longer than we accept; the association is dropped."""
+
+
+class GuardedSocket(socket.socket):
+    """An accepted TCP socket that acknowledges promptly and refuses oversized PDUs.
+
+    TCP_QUICKACK is re-armed after every read (Linux clears it), so a sender whose Nagle algorithm waits for
+    our ACK is not stalled ~40 ms per message by delayed ACKs. PDU framing is tracked as bytes pass, and a PDU
+    declaring more than `max_pdu` bytes raises before any of it is buffered.
+    """
+
+    max_pdu: int = 1 << 20
+    _need: int = 6
+    _in_header: bool = True
+    _header: bytes = b""
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if _TCP_QUICKACK is not None and data:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        if not flags & socket.MSG_PEEK:
+            self._track(data)
+        return data
+
+    def _track(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(self._need, len(view))
+            if self._in_header:
+                self._header += bytes(view[:take])
+            view = view[take:]
+            self._need -= take
+            if self._need:
+                return
+            if self._in_header:
+                pdu_type, _, length = _PDU_HEADER.unpack(self._header)
+                limit = MAX_ASSOCIATE_RQ if pdu_type == 0x01 else self.max_pdu + 64
+                if length > limit:
+                    raise PduTooLarge(f"PDU type 0x{pdu_type:02X} declares {length} bytes (limit {limit})")
+                self._header, self._in_header, self._need = b"", False, length
+                if length == 0:
+                    self._in_header, self._need = True, 6
+            else:
+                self._in_header, self._need = True, 6
+
+
+def _guard(sock: socket.socket, max_pdu: int, timeout: float) -> socket.socket:
+    """Re-wrap an accepted plain socket as a GuardedSocket (TLS sockets are left as they are)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(timeout)
+        return sock
+    guarded = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    guarded.max_pdu = max_pdu
+    guarded.settimeout(timeout)
+    return guarded
+
+
+def _peek_exactly(sock: socket.socket, n: int, wait: float | None) -> bytes:
+    """Peek n bytes, waiting up to `wait` seconds; fewer only if the peer closed or the wait expired.
+
+    MSG_WAITALL is ignored on a non-blocking descriptor, and Python implements socket timeouts with one, so a
+    header arriving in two segments would be seen short. Wait in the kernel instead: blocking mode + SO_RCVTIMEO.
+    """
+    timeout = sock.gettimeout()
+    seconds = 0.0 if wait is None else max(wait, 0.001)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
+    try:
+        return sock.recv(n, socket.MSG_PEEK | socket.MSG_WAITALL)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+        sock.settimeout(timeout)
+
+
+class Refusal(str):
+    """Why a connection was refused: readable text for the log, plus a fixed code for metrics labels."""
+
+    code: str
+
+    def __new__(cls, code: str, text: str) -> Refusal:
+        refusal = super().__new__(cls, text)
+        refusal.code = code
+        return refusal
+
+
+def _reject_pdu(result: int, source: int, reason: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+    return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
+
+
+class StorageSCP:
+    """The node's listener: owns the pynetdicom AE, its server thread and the C-STORE handler."""
+
+    def __init__(self, config: Config, store: Store, disk_guard: DiskGuard, metrics: Metrics | None = None):
+        self.config = config
+        self.store = store
+        self.disk_guard = disk_guard
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._pending = threading.BoundedSemaphore(config.node.max_pending_connections)
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self._accepting = threading.Event()
+        self.ae = self._make_ae()
+
+    # ------------------------------------------------------------ set-up
+
+    def _make_ae(self) -> AE:
+        n = self.config.node
+        ae = AE(ae_title=n.ae_title)
+        ae.maximum_associations = n.max_associations
+        ae.maximum_pdu_size = n.max_pdu
+        ae.acse_timeout = n.acse_timeout_s
+        ae.dimse_timeout = n.dimse_timeout_s
+        ae.network_timeout = n.network_timeout_s
+        ae.require_called_aet = self.config.security.check_called_ae
+        if self.config.security.allowed_calling_aes:
+            ae.require_calling_aet = list(self.config.security.allowed_calling_aes)
+        ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
+        from pynetdicom import AllStoragePresentationContexts
+
+        for cx in AllStoragePresentationContexts:
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        return ae
+
+    def apply_policy(self, config: Config) -> None:
+        """Apply reloadable policy (allow-lists, limits, timeouts) to new associations; running ones continue."""
+        self.config = config
+        n = config.node
+        self.ae.maximum_associations = n.max_associations
+        self.ae.acse_timeout = n.acse_timeout_s
+        self.ae.dimse_timeout = n.dimse_timeout_s
+        self.ae.network_timeout = n.network_timeout_s
+        self.ae.require_called_aet = config.security.check_called_ae
+        self.ae.require_calling_aet = list(config.security.allowed_calling_aes)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.node.tls
+        if not tls.enabled:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        assert tls.certificate is not None and tls.private_key is not None
+        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        if tls.ca_file:
+            ctx.load_verify_locations(str(tls.ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+        if not tls.ca_file:
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def start(self) -> tuple[str, int]:
+        """Bind and start serving in a background thread; returns the bound (host, port)."""
+        # pynetdicom writes chunked datasets with NamedTemporaryFile(): keep them on the store's filesystem
+        # so the durable move into place is a rename, not a copy.
+        tempfile.tempdir = str(self.config.paths.tmp)
+        fastpath.install()
+        scp = self
+
+        class Handler(NodeRequestHandler):
+            owner = scp
+
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        n = self.config.node
+        server = self.ae.make_server(
+            (n.bind, n.port),
+            ssl_context=self._ssl_context(),
+            evt_handlers=handlers,
+            server_class=NodeServer,
+            request_handler=Handler,
+        )
+        server.daemon_threads = True
+        self.ae._servers.append(server)
+        self._server = server
+        self._accepting.set()
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="scp-accept")
+        self._thread.daemon = True
+        self._thread.start()
+        host, port = server.server_address[:2]
+        log.info("Storage SCP %s listening on %s:%d", n.ae_title, host, port)
+        return str(host), int(port)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def active_associations(self) -> int:
+        return len([a for a in self.ae.active_associations if a.is_acceptor])
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let running associations finish up to drain_timeout, then abort the rest."""
+        if self._server is None:
+            return
+        timeout = self.config.node.drain_timeout_s if drain_timeout is None else drain_timeout
+        self._accepting.clear()
+        server = self._server
+        # BaseServer.shutdown stops the accept loop without aborting associations (pynetdicom's would).
+        socketserver.BaseServer.shutdown(server)
+        server.server_close()
+        deadline = time.monotonic() + timeout
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = [a for a in self.ae.active_associations if a.is_acceptor]
+        for assoc in remaining:
+            log.warning("Aborting association from %s still running after %.0fs drain", assoc.requestor.ae_title, timeout)
+            assoc.abort()
+        if server in self.ae._servers:
+            self.ae._servers.remove(server)
+        self._server = None
+        log.info("Storage SCP stopped (%d association(s) aborted after drain)", len(remaining))
+
+    # ------------------------------------------------------------ events
+
+    def _on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        assoc_id = uuid.uuid4().hex[:12]
+        assoc._node_assoc_id = assoc_id  # type: ignore[attr-defined]
+        self.metrics.inc("dicomnode_associations_total", result="accepted")
+        log.info(
+            "Association %s accepted from %s (%s:%s) to %s",
+            assoc_id,
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            assoc.acceptor.ae_title,
+        )
+
+    def _on_rejected(self, event: Event) -> None:
+        assoc = event.assoc
+        self.metrics.inc("dicomnode_associations_total", result="rejected")
+        self.metrics.inc("dicomnode_rejects_total", reason="association")
+        log.warning(
+            "Association rejected from %s (%s) calling %s",
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else "?",
+        )
+
+    def _on_closed(self, event: Event) -> None:
+        _discard_partial_message(event.assoc)
+        assoc_id = getattr(event.assoc, "_node_assoc_id", None)
+        if assoc_id:
+            try:
+                self.store.end_delivery(assoc_id)
+            except Exception:
+                log.exception("Could not close delivery bookkeeping for association %s", assoc_id)
+            log.info("Association %s closed", assoc_id)
+
+    def _handle_store(self, event: Event) -> int:
+        """Store durably, then answer; never success for anything not on disk and indexed."""
+        path = Path(event.dataset_path)
+        request: Any = event.request
+        assoc = event.assoc
+        origin = Origin(
+            calling_ae=str(assoc.requestor.ae_title),
+            peer_ip=str(assoc.requestor.address),
+            assoc_id=getattr(assoc, "_node_assoc_id", ""),
+        )
+        try:
+            if self.disk_guard.tripped():
+                path.unlink(missing_ok=True)
+                self._fail(STATUS_OUT_OF_RESOURCES)
+                return STATUS_OUT_OF_RESOURCES
+            if path.parent != self.config.paths.tmp:
+                path = self._copy_into_tmp(path)
+            size = path.stat().st_size
+            self.store.ingest(
+                path,
+                origin,
+                expected_sop_uid=str(request.AffectedSOPInstanceUID),
+                expected_sop_class=str(request.AffectedSOPClassUID),
+                transfer_syntax=str(event.context.transfer_syntax),
+            )
+        except StoreError as exc:
+            log.warning("C-STORE from %s refused with 0x%04X: %s", origin.calling_ae, exc.status, exc.reason)
+            self._fail(exc.status)
+            return exc.status
+        except Exception:
+            log.exception("Unexpected error storing an instance from %s", origin.calling_ae)
+            self._fail(0xC211)
+            return 0xC211
+        self.metrics.inc("dicomnode_instances_received_total", calling_ae=origin.calling_ae)
+        self.metrics.inc("dicomnode_bytes_received_total", size)
+        return STATUS_SUCCESS
+
+    def _copy_into_tmp(self, path: Path) -> Path:
+        target = self.store.new_temp_path()
+        shutil.copyfile(path, target)
+        return target
+
+    def _fail(self, status: int) -> None:
+        self.metrics.inc("dicomnode_store_failures_total", status=f"0x{status:04X}")
+
+
+def _discard_partial_message(assoc: Any) -> None:
+    """An association that ended mid-C-STORE leaves pynetdicom's chunk file behind: remove it (never acknowledged)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    chunk = getattr(message, "_data_set_file", None)
+    if chunk is None:
+        return
+    with contextlib.suppress(OSError):
+        chunk.close()
+        Path(chunk.name).unlink(missing_ok=True)
+        log.info("Discarded a partially received dataset from association %s", getattr(assoc, "_node_assoc_id", "?"))
+
+
+def _handle_echo(event: Event) -> int:
+    return STATUS_SUCCESS
+
+
+class NodeServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a listen backlog sized for bursts (socketserver's default is 5).
+
+    With 5, a burst of connections (a reconnecting modality fleet, or a flood) overflows the accept queue and
+    the kernel drops SYNs: each dropped client, however legitimate, waits >= 1 s for the retransmission.
+    """
+
+    request_queue_size = 128
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept without doing the TLS handshake here: one silent TLS client must not stall every accept.
+
+        pynetdicom wraps with the default do_handshake_on_connect=True in the accept thread; we defer the
+        handshake to the connection's own thread, under the ACSE timeout (NodeRequestHandler.handle).
+        """
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+
+class NodeRequestHandler(RequestHandler):
+    """Screens a connection before pynetdicom sees it: IP allow-list, first-PDU sanity, pending-connection cap."""
+
+    owner: StorageSCP
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        fastpath.accelerate(assoc)
+        return assoc
+
+    def handle(self) -> None:
+        scp = self.owner
+        peer_ip = str(self.client_address[0]) if isinstance(self.client_address, tuple) else ""
+        if not scp._accepting.is_set():
+            self._drop("stopping")
+            return
+        if not scp._pending.acquire(blocking=False):
+            self._drop("too many pending connections")
+            scp.metrics.inc("dicomnode_rejects_total", reason="pending_limit")
+            return
+        try:
+            n = scp.config.node
+            sock = self.request
+            assert isinstance(sock, socket.socket)
+            self.request = _guard(sock, n.max_pdu, n.acse_timeout_s)
+            verdict = self._handshake() or self._screen(peer_ip)
+        finally:
+            scp._pending.release()
+        if verdict is not None:
+            scp.metrics.inc("dicomnode_rejects_total", reason=verdict.code)
+            # A connect-and-close is what port probes and load balancers do: not worth a warning.
+            level = logging.INFO if verdict.code == "closed_early" else logging.WARNING
+            log.log(level, "Connection from %s refused: %s", peer_ip, verdict)
+            with contextlib.suppress(OSError):
+                self.request.close()
+            return
+        assert isinstance(self.request, socket.socket)
+        self.request.settimeout(scp.config.node.network_timeout_s)
+        super().handle()
+
+    def _handshake(self) -> Refusal | None:
+        """Finish a deferred TLS handshake within the ACSE timeout; a refusal reason or None."""
+        sock = self.request
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.do_handshake()
+        except (ssl.SSLError, TimeoutError, OSError) as exc:
+            return Refusal("tls_handshake", f"TLS handshake failed: {exc}")
+        return None
+
+    def _screen(self, peer_ip: str) -> Refusal | None:
+        """Peek at the first PDU without consuming it; return a refusal reason or None to proceed."""
+        sock = self.request
+        assert isinstance(sock, socket.socket)
+        if isinstance(sock, ssl.SSLSocket):
+            # SSLSocket.recv refuses MSG_PEEK; the TLS handshake has already filtered stray bytes.
+            if self._ip_allowed(peer_ip):
+                return None
+            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
+        wait = sock.gettimeout()
+        deadline = None if wait is None else time.monotonic() + wait
+        try:
+            head = _peek_exactly(sock, 6, wait)
+        except (TimeoutError, OSError):
+            return Refusal("timeout", "no A-ASSOCIATE-RQ within the ACSE timeout")
+        if len(head) < 6:
+            return Refusal("closed_early", "connection closed before a PDU header")
+        pdu_type, _, length = _PDU_HEADER.unpack(head)
+        if pdu_type != 0x01:
+            return Refusal("not_associate_rq", f"first PDU is type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ")
+        if length > MAX_ASSOCIATE_RQ or length < 68:
+            return Refusal("bad_length", f"A-ASSOCIATE-RQ declares an implausible length {length}")
+        if not self._ip_allowed(peer_ip):
+            # Rejected-permanent, service-user, no reason given: polite but final.
+            with contextlib.suppress(OSError):
+                sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
+            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
+        # Hand over only a complete RQ: pynetdicom counts a connection against max_associations from its first
+        # byte, so peers that send a plausible header and stall would otherwise lock everyone out.
+        total = 6 + length
+        if total > _PEEKABLE_BY_DEFAULT:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * total + 65536)
+        try:
+            whole = _peek_exactly(sock, total, None if deadline is None else deadline - time.monotonic())
+        except (TimeoutError, OSError):
+            whole = b""
+        if len(whole) < total:
+            return Refusal("timeout", f"A-ASSOCIATE-RQ of {length} bytes not complete within the ACSE timeout")
+        return None
+
+    def _ip_allowed(self, peer_ip: str) -> bool:
+        networks = self.owner.config.security.allowed_networks
+        if not networks:
+            return True
+        try:
+            addr = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in networks)
+
+    def _drop(self, why: str) -> None:
+        log.debug("Dropping connection from %s: %s", self.client_address, why)
+        with contextlib.suppress(OSError):
+            sock: Any = self.request
+            sock.close()

@@ -1,0 +1,1 @@
+"""The durable store: on-disk layout, atomic writes, the database schema, study state and retention."""

@@ -1,0 +1,209 @@
+"""dicom-node's NIfTI output compared with Debian's dcm2niix on the same inputs (files, shape, affine, voxels)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom.data
+import pytest
+from pydicom.data import get_testdata_file
+
+from node.process.nifti.convert import NiftiOptions, convert_series
+from tests.support.dicomgen import (
+    SeriesSpec,
+    StudySpec,
+    make_mosaic_series,
+    make_multivolume_series,
+    make_series,
+    oblique_iop,
+    write_datasets,
+)
+
+pytestmark = pytest.mark.integration
+
+DCM2NIIX = "/usr/bin/dcm2niix"
+STUDY = StudySpec(series=[])
+AFFINE_MM = 1e-3
+AFFINE_RAD = 1e-4
+DATA_STORE = Path(pydicom.data.__file__).resolve().parents[2] / "data_store" / "data"
+
+
+def _nii(path: Path) -> nib.Nifti1Image:
+    img = nib.load(path)
+    assert isinstance(img, nib.Nifti1Image), path
+    return img
+
+
+@pytest.fixture(scope="module")
+def dcm2niix() -> str:
+    assert Path(DCM2NIIX).is_file(), f"dcm2niix is required (Debian package dcm2niix) at {DCM2NIIX}"
+    return DCM2NIIX
+
+
+def run_dcm2niix(tool: str, src: Path, out: Path) -> list[Path]:
+    out.mkdir(parents=True)
+    subprocess.run([tool, "-z", "n", "-b", "y", "-f", "%s_%d", "-o", str(out), str(src)],
+                   check=True, capture_output=True, timeout=120)
+    return sorted(out.glob("*.nii"))
+
+
+def compare(tool: str, files: list[Path], tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """Convert with both tools and assert the dcm2niix equivalence; return (theirs, ours)."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for f in files:
+        if f.parent != src:
+            shutil.copy(f, src / f.name)
+    theirs = run_dcm2niix(tool, src, tmp_path / "dcm2niix")
+    outcome = convert_series(sorted(src.iterdir()), tmp_path / "study" / "nifti", NiftiOptions(compress=False))
+    ours = sorted(tmp_path / "study" / f for f in outcome.files if f.endswith(".nii"))
+    assert outcome.error is None, outcome.error
+    # dcm2niix keeps a trailing "_" when the description is empty; our slug drops it.
+    assert [p.stem.rstrip("_") for p in theirs] == [p.stem for p in ours], (theirs, ours, outcome)
+    for a_path, b_path in zip(theirs, ours, strict=True):
+        a, b = _nii(a_path), _nii(b_path)
+        assert a.shape == b.shape, (a_path.name, a.shape, b.shape)
+        assert_same_affine(a.affine, b.affine)
+        np.testing.assert_array_equal(a.get_fdata(), b.get_fdata(), err_msg=a_path.name)
+    return theirs, ours
+
+
+def assert_same_affine(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a[:3, 3], b[:3, 3], atol=AFFINE_MM, err_msg="origin (mm)")
+    np.testing.assert_allclose(np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0), atol=AFFINE_MM,
+                               err_msg="voxel size (mm)")
+    ua = a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0)
+    ub = b[:3, :3] / np.linalg.norm(b[:3, :3], axis=0)
+    np.testing.assert_allclose(ua, ub, atol=AFFINE_RAD, err_msg="axis directions (rad)")
+
+
+def _series(**kw) -> Callable[[], list]:
+    return lambda: make_series(STUDY, SeriesSpec(**kw))
+
+
+def _dwi(orientation) -> list:
+    vecs = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0.7071, 0.7071, 0), (0.0, -0.6, 0.8)]
+    volumes = [{"AcquisitionNumber": i + 1, "DiffusionBValue": 0.0 if i == 0 else 1000.0,
+                "DiffusionGradientOrientation": [float(c) for c in v]} for i, v in enumerate(vecs)]
+    return make_multivolume_series(STUDY, SeriesSpec(series_number=8, series_description="ep2d_diff",
+                                                     orientation=orientation), volumes)
+
+
+def _siemens_dwi_mosaic() -> list:
+    """Mosaic DWI carrying b-values and directions only in Siemens private elements (0019,100C/100E)."""
+    vecs = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.8, 0.6), (0.0, 0.0, 1.0)]
+    spec = SeriesSpec(n_slices=9, rows=16, cols=16, orientation=oblique_iop(12, "x"), series_number=11,
+                      series_description="ep2d_diff_mosaic")
+    datasets = make_mosaic_series(STUDY, spec, n_volumes=len(vecs))
+    for ds, vec in zip(datasets, vecs, strict=True):
+        b = 0 if vec == (0.0, 0.0, 0.0) else 1000
+        ds.add_new((0x0019, 0x100C), "IS", str(b))
+        ds.add_new((0x0019, 0x100E), "FD", list(vec))
+        ds.SequenceName = f"*ep_b{b}#1"
+    return datasets
+
+
+GENERATED: dict[str, Callable[[], list]] = {
+    "axial_hfs": _series(series_description="t1_tse_tra"),
+    "sagittal": _series(orientation="SAG", series_description="t2_sag", rows=28, cols=36),
+    "coronal_hfp": _series(orientation="COR", patient_position="HFP", series_description="cor"),
+    "axial_ffs_shuffled": _series(patient_position="FFS", shuffle_instance_numbers=True),
+    "oblique_x": _series(orientation=oblique_iop(20, "x"), series_description="obl"),
+    "oblique_y_ffs": _series(orientation=oblique_iop(-25, "y"), patient_position="FFS", shuffle_instance_numbers=True),
+    "decubitus": _series(orientation=oblique_iop(90, "z"), patient_position="HFDL"),
+    "ct_hu": _series(modality="CT", n_slices=12, series_description="abdomen"),
+    "two_echoes": lambda: make_multivolume_series(
+        STUDY, SeriesSpec(series_number=6, series_description="t2_me"),
+        [{"EchoNumbers": 1, "EchoTime": 10.0}, {"EchoNumbers": 2, "EchoTime": 30.0}]),
+    "bold_4d": lambda: make_multivolume_series(
+        STUDY, SeriesSpec(series_number=7, series_description="bold"),
+        [{"AcquisitionNumber": t + 1, "TemporalPositionIdentifier": t + 1} for t in range(5)]),
+    "dwi_oblique": lambda: _dwi(oblique_iop(15, "x")),
+    "dwi_sagittal": lambda: _dwi("SAG"),
+    "mprage_3d_sagittal": _series(orientation="SAG", n_slices=12, slice_spacing=1.0, series_description="mprage",
+                                  extra={"MRAcquisitionType": "3D"}),
+    "3d_coronal_ffs": _series(orientation="COR", patient_position="FFS", n_slices=12, rows=20, cols=24,
+                              slice_spacing=1.2, extra={"MRAcquisitionType": "3D"}),
+    "3d_oblique": _series(orientation=oblique_iop(130, "z"), n_slices=12, extra={"MRAcquisitionType": "3D"}),
+    "mosaic_axial": lambda: make_mosaic_series(STUDY, SeriesSpec(n_slices=10, rows=16, cols=20)),
+    "mosaic_descending": lambda: make_mosaic_series(STUDY, SeriesSpec(n_slices=10, rows=16, cols=20),
+                                                    reverse_slices=True),
+    "mosaic_sagittal_descending": lambda: make_mosaic_series(
+        STUDY, SeriesSpec(n_slices=9, rows=16, cols=16, orientation="SAG"), reverse_slices=True),
+    "mosaic_bold_4d": lambda: make_mosaic_series(
+        STUDY, SeriesSpec(n_slices=7, rows=16, cols=16, orientation=oblique_iop(15, "x"), series_description="bold"),
+        n_volumes=3),
+    "mosaic_dwi_siemens_private": _siemens_dwi_mosaic,
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATED))
+def test_generated_series_match_dcm2niix(dcm2niix: str, tmp_path: Path, case: str) -> None:
+    files = write_datasets(GENERATED[case](), tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)
+    for a, b in zip(theirs, ours, strict=True):
+        for ext in (".bval", ".bvec"):
+            ref, mine = a.with_suffix(ext), b.with_suffix(ext)
+            assert ref.exists() == mine.exists(), (ref.name, mine.name)
+            if ref.exists():
+                np.testing.assert_allclose(np.loadtxt(mine), np.loadtxt(ref), atol=1e-5, err_msg=ext)
+
+
+def test_dwi_output_has_bvals_and_bvecs_like_dcm2niix(dcm2niix: str, tmp_path: Path) -> None:
+    files = write_datasets(_dwi(oblique_iop(15, "x")), tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)
+    assert ours[0].with_suffix(".bval").exists() and theirs[0].with_suffix(".bval").exists()
+
+
+SHIPPED = ["MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm",
+           "693_J2KR.dcm", "emri_small.dcm", "eCT_Supplemental.dcm"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_files_shipped_with_pydicom_match_dcm2niix(dcm2niix: str, tmp_path: Path, name: str) -> None:
+    found = get_testdata_file(name)
+    path = Path(found) if found else DATA_STORE / name
+    assert path.is_file(), f"test file {name} not installed (pydicom / pydicom-data)"
+    compare(dcm2niix, [path], tmp_path)
+
+
+NIBABEL_NICOM = Path(nib.__file__).parent / "nicom" / "tests" / "data"
+
+
+@pytest.mark.parametrize("names", [["siemens_dwi_0.dcm.gz"], ["siemens_dwi_0.dcm.gz", "siemens_dwi_1000.dcm.gz"]])
+def test_siemens_dwi_mosaics_shipped_with_nibabel_match_dcm2niix(dcm2niix: str, tmp_path: Path, names: list[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in names:
+        packed = NIBABEL_NICOM / name
+        assert packed.is_file(), f"nibabel test file {name} not installed"
+        (src / name.removesuffix(".gz")).write_bytes(gzip.decompress(packed.read_bytes()))
+    _theirs, ours = compare(dcm2niix, sorted(src.iterdir()), tmp_path)
+    # dcm2niix writes no bval/bvec for this two-volume pair; ours come from the Siemens private elements.
+    bvals = ours[0].with_suffix(".bval").read_text().split()
+    assert bvals == (["0"] if len(names) == 1 else ["0", "1000"])
+    if len(names) == 2:
+        bvec = np.loadtxt(ours[0].with_suffix(".bvec"))
+        assert np.linalg.norm(bvec[:, 1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_sidecar_carries_the_bids_fields_dcm2niix_writes(dcm2niix: str, tmp_path: Path) -> None:
+    import json
+
+    files = write_datasets(GENERATED["axial_hfs"](), tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)
+    ref = json.loads(theirs[0].with_suffix(".json").read_text())
+    mine = json.loads(ours[0].with_suffix(".json").read_text())
+    shared = ["Modality", "MagneticFieldStrength", "Manufacturer", "ManufacturersModelName", "PatientPosition",
+              "SeriesDescription", "ProtocolName", "ScanningSequence", "SequenceVariant", "ImageType",
+              "SeriesNumber", "SliceThickness", "EchoTime", "RepetitionTime", "FlipAngle",
+              "ImageOrientationPatientDICOM"]
+    for key in shared:
+        assert key in ref, f"dcm2niix no longer writes {key}"
+        assert mine.get(key) == pytest.approx(ref[key]) if isinstance(ref[key], float) else mine.get(key) == ref[key], key

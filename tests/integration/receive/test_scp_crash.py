@@ -1,0 +1,126 @@
+"""Crash safety: SIGKILL the node while four DCMTK storescu processes send, restart it, check every acknowledgement."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from node.store.store import dataset_offset, dataset_sha256
+from tests.support.dicomgen import multi_series_study, write_study
+from tests.support.nodeproc import NodeProcess
+from tests.support.peers import peer_env, storescu, storescu_command
+
+LOOPBACK = "127.0.0.1"
+SENDERS = 4
+SUCCESS = "Received Store Response (Success)"
+_SENDING = re.compile(r"I: Sending file: (?P<path>\S+)")
+_RESPONSE = re.compile(r"I: Received Store Response \((?P<status>[^)]*)\)")
+
+
+def dataset_bytes(path: Path) -> bytes:
+    return path.read_bytes()[dataset_offset(path) :]
+
+
+def acknowledged(log: str) -> tuple[list[str], list[str]]:
+    """(files storescu -v saw answered with Success, files it started sending), in order.
+
+    storescu logs "I: Sending file: PATH" before each C-STORE and "I: Received Store Response (STATUS)" after
+    it; a file with no response line was cut off by the crash.
+    """
+    acked: list[str] = []
+    started: list[str] = []
+    current: str | None = None
+    for line in log.splitlines():
+        if m := _SENDING.search(line):
+            current = m["path"]
+            started.append(current)
+        elif (m := _RESPONSE.search(line)) is not None:
+            assert current is not None, f"a response without a file in:\n{log}"
+            if m["status"] == "Success":
+                acked.append(current)
+            current = None
+    return acked, started
+
+
+def test_the_acknowledgement_parser_reads_real_storescu_output():
+    log = (
+        "I: Requesting Association\nI: Association Accepted (Max Send PDV: 16372)\n"
+        "I: Sending file: /d/a.dcm\nI: Converting transfer syntax: Little Endian Explicit -> Little Endian Explicit\n"
+        "I: Sending Store Request (MsgID 1, MR)\nI: Received Store Response (Success)\n"
+        "I: Sending file: /d/b.dcm\nI: Sending Store Request (MsgID 2, MR)\n"
+        "I: Received Store Response (Out of Resources)\n"
+        "I: Sending file: /d/c.dcm\nI: Sending Store Request (MsgID 3, MR)\n"
+        "E: Store Failed, file: /d/c.dcm:\nE: 0006:0317 Peer aborted Association (or never connected)\n"
+    )
+    assert acknowledged(log) == (["/d/a.dcm"], ["/d/a.dcm", "/d/b.dcm", "/d/c.dcm"])
+
+
+def indexed(var: Path) -> dict[str, tuple[str, str]]:
+    """sop_uid -> (relative path, sha256) from the node's index (read-only, beside the running daemon)."""
+    db = sqlite3.connect(f"file:{var / 'node.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return {sop: (path, sha) for sop, path, sha in db.execute("SELECT sop_uid, path, sha256 FROM instances")}
+    finally:
+        db.close()
+
+
+def test_every_instance_acknowledged_before_a_sigkill_is_present_and_intact_after_restart(node_process, tmp_path):
+    node: NodeProcess = node_process()
+    sources: list[list[Path]] = []
+    for i in range(SENDERS):
+        study = multi_series_study(n_series=3, n_slices=30, accession=f"ACC{i}", patient_id=f"SYN{i}")
+        sources.append(sorted(write_study(study, tmp_path / f"src{i}")))
+    by_name = {str(p): p for files in sources for p in files}
+    total = len(by_name)
+    logs = [tmp_path / f"storescu{i}.log" for i in range(SENDERS)]
+    senders = []
+    for i, files in enumerate(sources):
+        with logs[i].open("wb") as log:
+            cmd = storescu_command(LOOPBACK, node.port, "DICOMNODE", files, calling_ae=f"SENDER{i}", extra_args=["-v"])
+            senders.append(subprocess.Popen(cmd, env=peer_env(), stdout=subprocess.DEVNULL, stderr=log))
+
+    def acks_so_far() -> int:
+        return sum(log.read_text(errors="replace").count(SUCCESS) for log in logs)
+
+    deadline = time.monotonic() + 120
+    while acks_so_far() < total // 6:
+        assert time.monotonic() < deadline, "the senders never got going"
+        assert all(s.poll() is None for s in senders), "a sender finished before the crash"
+        time.sleep(0.01)
+    node.kill()
+    for sender in senders:
+        sender.wait(timeout=120)
+    leftovers = sorted(p.name for p in (node.var / "tmp").iterdir())
+
+    acked: list[Path] = []
+    unanswered = 0
+    for log in logs:
+        ok, started = acknowledged(log.read_text(errors="replace"))
+        acked += [by_name[name] for name in ok]
+        unanswered += len(started) - len(ok)
+    assert len(acked) < total, "every instance was acknowledged: the kill came too late to test anything"
+    assert unanswered + len(acked) <= total
+
+    node.restart()
+    assert list((node.var / "tmp").iterdir()) == [], f"temp files not swept (before restart: {leftovers})"
+    stored = {p.stem: p for p in (node.var / "store").rglob("*.dcm")}
+    index = indexed(node.var)
+    for sent in acked:
+        sop = sent.stem
+        assert sop in stored, f"acknowledged {sop} lost"
+        assert dataset_bytes(stored[sop]) == dataset_bytes(sent), f"acknowledged {sop} damaged"
+        assert sop in index, f"acknowledged {sop} not in the index"
+    for sop, (rel, sha) in index.items():
+        assert dataset_sha256(node.var / rel) == sha, f"index row of {sop} does not match its file"
+
+    # The senders retry everything: the store converges on exactly what was sent, with no false conflicts.
+    storescu(LOOPBACK, node.port, "DICOMNODE", [tmp_path / f"src{i}" for i in range(SENDERS)])
+    stored = {p.stem: p for p in (node.var / "store").rglob("*.dcm")}
+    assert sorted(stored) == sorted(p.stem for p in by_name.values())
+    for sent in by_name.values():
+        assert dataset_bytes(stored[sent.stem]) == dataset_bytes(sent)
+    assert len(indexed(node.var)) == total
+    assert list((node.var / "conflicts").iterdir()) == []

@@ -1,0 +1,104 @@
+"""The fast header reader agrees with pydicom on every value it returns, and hands odd files back to pydicom."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ImplicitVRLittleEndian
+
+from node.dicom.headers import WANTED, read_fast
+from node.process.nifti.volumes import SliceInfo, _slice, read_header, read_pixels
+from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
+
+STUDY = StudySpec(series=[])
+
+
+def _pydicom_record(path: Path) -> SliceInfo:
+    """The record built from pydicom's parse (what read_header does when the fast reader declines)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return _slice(path, ds, ds, None)
+
+
+def _same_record(a: SliceInfo, b: SliceInfo) -> None:
+    fields = ["sop_uid", "instance_number", "modality", "rows", "cols", "iop", "ipp", "pixel_spacing", "image_type",
+              "echo_number", "echo_time", "repetition_time", "flip_angle", "acquisition_number", "temporal_position",
+              "trigger_time", "coil", "protocol", "slope", "intercept", "bvalue", "bvec", "gantry_tilt",
+              "photometric", "bits_allocated", "bits_stored", "signed", "samples", "transfer_syntax"]
+    for name in fields:
+        assert getattr(a, name) == getattr(b, name), name
+
+
+def _with_sequences(tmp_path: Path, undefined: bool, implicit: bool) -> Path:
+    ds = make_series(STUDY, SeriesSpec(n_slices=1, extra={"DiffusionBValue": 800.0,
+                                                          "DiffusionGradientOrientation": [0.0, 0.6, 0.8]}))[0]
+    inner = Dataset()
+    inner.CodeValue = "T-A0100"
+    inner.CodingSchemeDesignator = "SRT"
+    nested = Dataset()
+    nested.CodeMeaning = "Brain"
+    nested.PurposeOfReferenceCodeSequence = Sequence([inner])
+    ds.AnatomicRegionSequence = Sequence([nested, copy.deepcopy(nested)])
+    ds.ReferencedImageSequence = Sequence([])
+    if undefined:
+        ds.AnatomicRegionSequence.is_undefined_length = True
+        for item in ds.AnatomicRegionSequence:
+            item.is_undefined_length_sequence_item = True
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / f"seq_{undefined}_{implicit}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("undefined", [False, True])
+@pytest.mark.parametrize("implicit", [False, True])
+def test_the_fast_reader_agrees_with_pydicom_across_sequences(tmp_path: Path, undefined: bool, implicit: bool) -> None:
+    path = _with_sequences(tmp_path, undefined, implicit)
+    assert read_fast(path) is not None
+    fast = read_header(path)[0]
+    _same_record(fast, _pydicom_record(path))
+    assert fast.bvalue == 800.0 and fast.bvec == (0.0, 0.6, 0.8)
+    np.testing.assert_array_equal(read_pixels(fast), pydicom.dcmread(path).pixel_array)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm"])
+def test_the_fast_reader_agrees_with_pydicom_on_shipped_files(name: str) -> None:
+    found = get_testdata_file(name)
+    assert isinstance(found, str)
+    path = Path(found)
+    fast = read_fast(path)
+    assert fast is not None
+    _same_record(read_header(path)[0], _pydicom_record(path))
+    assert set(fast) - {"_pixel_offset", "_pixel_length", "_transfer_syntax"} <= {kw for kw, _ in WANTED.values()}
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "no_meta.dcm"])
+def test_files_the_fast_reader_does_not_handle_go_to_pydicom(name: str) -> None:
+    found = get_testdata_file(name)
+    assert isinstance(found, str)
+    path = Path(found)
+    assert read_fast(path) is None
+
+
+def test_siemens_private_diffusion_tags_send_the_file_to_pydicom(tmp_path: Path) -> None:
+    ds = make_series(STUDY, SeriesSpec(n_slices=1))[0]
+    ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
+    ds.add_new((0x0019, 0x100C), "IS", "1000")
+    path = write_datasets([ds], tmp_path)[0]
+    assert read_fast(path) is None
+    assert read_header(path)[0].bvalue == 1000.0
+
+
+def test_a_truncated_file_is_an_error_not_a_wrong_image(tmp_path: Path) -> None:
+    path = write_datasets(make_series(STUDY, SeriesSpec(n_slices=1)), tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:-100])
+    record = read_header(path)[0]
+    with pytest.raises(ValueError, match=r"truncated|expected"):
+        read_pixels(record)
