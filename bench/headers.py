@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from bench.report import report
-from node.dicom.headers import read_fast
 from node.process.nifti.convert import NiftiOptions, convert_series
+from node.process.nifti.headers import read_fast
 from node.process.workbook.metadata import scan_headers
 from tests.support.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, write_datasets
 

@@ -43,6 +43,8 @@ _STRUCTS = {
     False: (struct.Struct(">HH"), struct.Struct(">I"), struct.Struct(">H")),
 }
 
+_EXPLICIT_LE_HEADER = struct.Struct("<HH2sH")
+
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
@@ -251,10 +253,33 @@ class _Walker:
         elements = out.elements
         size = self.size
         last = -1
+        data = self.data
+        fast = not self.implicit and self.little
+        explicit_header = _EXPLICIT_LE_HEADER
         while pos < size:
             if pos + 8 > size:
                 out.truncated = f"{size - pos} byte(s) of a cut-off element header at offset {pos}: truncated"
                 return out
+            if fast:
+                # The hot loop of every header read (thousands of files per series): one unpack for the common
+                # short-VR element of explicit VR little endian; everything else takes the general path.
+                group, elem, vr_bytes, short_length = explicit_header.unpack_from(data, pos)
+                if vr_bytes not in LONG_VRS and group != 0xFFFE and 65 <= vr_bytes[0] <= 90 and 65 <= vr_bytes[1] <= 90:
+                    tag = group << 16 | elem
+                    if tag <= last:
+                        last = self._order(tag, last, pos)
+                    last = tag
+                    end = pos + 8 + short_length
+                    if end > size:
+                        out.truncated = (
+                            f"element ({group:04X},{elem:04X}) declares {short_length} bytes at offset {pos + 8} "
+                            f"but the dataset ends at {size}: truncated"
+                        )
+                        return out
+                    if wanted is None or tag in wanted:
+                        elements[tag] = Element(tag, vr_bytes.decode("ascii"), pos + 8, short_length, end)
+                    pos = end
+                    continue
             tag, vr, value, length, seq_like = self.header(pos)
             last = self._order(tag, last, pos)
             if FIRST_PIXEL_TAG <= tag <= PIXEL_DATA and stop_at_pixels:

@@ -14,7 +14,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node.dicom.headers import read_fast
+from node.process.nifti.headers import SIEMENS_MR_HEADER, read_fast
 from node.process.nifti.mosaic import mosaic_layout
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,12 @@ def _diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | N
     """b-value and gradient direction (patient LPS) from the standard attributes, then Siemens private tags."""
     bvalue = _num(ds, "DiffusionBValue")
     bvec = _floats(ds.get("DiffusionGradientOrientation"), 3)
-    # The fast reader hands files with these private elements to pydicom, so only a Dataset can hold them.
-    if (bvalue is None or bvec is None) and isinstance(ds, Dataset) and "SIEMENS" in str(ds.get("Manufacturer", "")).upper():
+    if (bvalue is None or bvec is None) and isinstance(ds, dict) and ds.get("SiemensCreator0019") == SIEMENS_MR_HEADER:
+        if bvalue is None:
+            bvalue = _num(ds, "SiemensBValue")
+        if bvec is None:
+            bvec = _floats(ds.get("SiemensGradient"), 3)
+    elif (bvalue is None or bvec is None) and isinstance(ds, Dataset) and "SIEMENS" in str(ds.get("Manufacturer", "")).upper():
         # Siemens CSA-era private elements: (0019,100C) B_value, (0019,100E) DiffusionGradientDirection.
         b_elem, v_elem = ds.get((0x0019, 0x100C)), ds.get((0x0019, 0x100E))
         if bvalue is None and b_elem is not None:

@@ -242,7 +242,7 @@ def test_compressed_transfer_syntaxes_decode_to_the_same_voxels(tmp_path: Path, 
 
 def test_importing_the_nifti_modules_does_not_load_simpleitk() -> None:
     modules = ("node.process.nifti.convert", "node.process.nifti.volumes", "node.process.naming",
-               "node.process.nifti.sidecar", "node.dicom.headers", "node.process.nifti.mosaic")
+               "node.process.nifti.sidecar", "node.process.nifti.headers", "node.process.nifti.mosaic")
     code = (f"import sys; import {', '.join(modules)}; "
             "assert 'SimpleITK' not in sys.modules, 'SimpleITK imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[4])

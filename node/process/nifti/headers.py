@@ -1,7 +1,7 @@
 """The header values volume building needs, decoded from one walk of node.dicom.reader (uncompressed LE files).
 
 pydicom stays the reference: anything this reader does not fully understand (other transfer syntaxes,
-encapsulated pixel data, vendor private diffusion tags, malformed lengths) returns None and the caller uses pydicom.
+encapsulated pixel data, malformed lengths) returns None and the caller uses pydicom.
 """
 
 from __future__ import annotations
@@ -52,12 +52,16 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00281052: ("RescaleIntercept", "str"),
     0x00281053: ("RescaleSlope", "str"),
     0x0051100F: ("SiemensCoil", "str"),  # Siemens' coil element in the CSA era, used by the split on coil
+    # Siemens CSA-era diffusion (private block 10 of group 0019, "SIEMENS MR HEADER"): B_value as text,
+    # DiffusionGradientDirection as three little-endian doubles whether the file is explicit (FD) or implicit.
+    0x0019100C: ("SiemensBValue", "str"),
+    0x0019100E: ("SiemensGradient", "FD"),
+    0x00190010: ("SiemensCreator0019", "str"),
 }
-# Elements whose presence means "let pydicom handle this file" (Siemens private diffusion values).
-_FALLBACK = frozenset({0x0019100C, 0x0019100E})
+SIEMENS_MR_HEADER = "SIEMENS MR HEADER"
 
 
-_READ = frozenset(WANTED) | _FALLBACK
+_READ = frozenset(WANTED)
 
 
 def read_fast(path: Path) -> dict[str, object] | None:
@@ -72,8 +76,6 @@ def read_fast(path: Path) -> dict[str, object] | None:
             pixel = found.pixel
             if found.truncated or pixel is None or pixel.tag != PIXEL_DATA or pixel.length == reader.UNDEFINED:
                 return None  # no pixel data, or encapsulated pixel data: pydicom decodes it
-            if not _FALLBACK.isdisjoint(found.elements):
-                return None
             out: dict[str, object] = {"_transfer_syntax": syntax, "_pixel_offset": pixel.offset, "_pixel_length": pixel.length}
             for tag, element in found.elements.items():
                 keyword, kind = WANTED[tag]

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
 
-from node.dicom.headers import WANTED, read_fast
+from node.process.nifti.headers import WANTED, read_fast
 from node.process.nifti.volumes import SliceInfo, _slice, read_header, read_pixels
 from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
 
@@ -87,13 +87,30 @@ def test_files_the_fast_reader_does_not_handle_go_to_pydicom(name: str) -> None:
     assert read_fast(path) is None
 
 
-def test_siemens_private_diffusion_tags_send_the_file_to_pydicom(tmp_path: Path) -> None:
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_siemens_private_diffusion_tags_are_read_without_pydicom(tmp_path: Path, implicit: bool) -> None:
     ds = make_series(STUDY, SeriesSpec(n_slices=1))[0]
+    ds.Manufacturer = "SIEMENS"
     ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
     ds.add_new((0x0019, 0x100C), "IS", "1000")
+    ds.add_new((0x0019, 0x100E), "FD", [0.0, 0.6, 0.8])
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     path = write_datasets([ds], tmp_path)[0]
-    assert read_fast(path) is None
-    assert read_header(path)[0].bvalue == 1000.0
+    fast = read_fast(path)
+    assert fast is not None  # no full pydicom parse for a classic Siemens DWI slice
+    record = read_header(path)[0]
+    assert record.bvalue == 1000.0
+    assert record.bvec == pytest.approx((0.0, 0.6, 0.8))
+    assert record.parsed is None
+
+
+def test_group_0019_of_another_creator_is_not_taken_for_siemens_diffusion(tmp_path: Path) -> None:
+    ds = make_series(STUDY, SeriesSpec(n_slices=1))[0]
+    ds.add_new((0x0019, 0x0010), "LO", "GEMS_ACQU_01")
+    ds.add_new((0x0019, 0x100C), "IS", "1000")
+    path = write_datasets([ds], tmp_path)[0]
+    assert read_header(path)[0].bvalue is None
 
 
 def test_a_truncated_file_is_an_error_not_a_wrong_image(tmp_path: Path) -> None:
