@@ -14,6 +14,8 @@ from typing import Any
 
 import jsonschema
 
+from node.dicom import facts
+from node.dicom.keywords import KeywordSet
 from node.mr_clean.enums import DixonOutput, Family, FieldStrength, ImageKind, Manufacturer, Orientation, Weighting
 
 # Shipped with the package (package data); processing.mr_clean_config points at a site copy instead.
@@ -230,67 +232,6 @@ SCHEMA: dict[str, Any] = _strict(
 )
 
 
-def _is_word_char(ch: str) -> bool:
-    return ch.isascii() and ch.isalnum()
-
-
-def _trie_pattern(words: Iterable[str]) -> str:
-    """One regex alternation shaped as a trie: Python's re tries branches one by one, a trie prunes early."""
-    trie: dict[str, Any] = {}
-    for word in words:
-        node = trie
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def build(node: dict[str, Any]) -> str:
-        branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
-        if not branches:
-            return ""
-        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-        if "" in node:
-            # Optional and greedy: the longer keyword is tried first, the shorter one on backtracking.
-            return f"(?:{body})?"
-        return body
-
-    return build(trie)
-
-
-def keyword_regex(keywords: Iterable[str]) -> str:
-    """Regex of a keyword list: ASCII alphanumeric edges of a keyword must not touch other ASCII alphanumerics
-    (so 'fs' matches 't1_vibe_fs' but not 'fspgr'); CJK edges match anywhere; 're:' entries are raw regexes."""
-    by_edges: dict[tuple[bool, bool], list[str]] = {}
-    raw: list[str] = []
-    for keyword in keywords:
-        if keyword.startswith("re:"):
-            raw.append(f"(?:{keyword[3:]})")
-        elif keyword:
-            kw = keyword.lower()
-            by_edges.setdefault((_is_word_char(kw[0]), _is_word_char(kw[-1])), []).append(kw)
-    parts = []
-    for (left, right), words in sorted(by_edges.items()):
-        body = _trie_pattern(words)
-        parts.append(("(?<![a-z0-9])" if left else "") + f"(?:{body})" + ("(?![a-z0-9])" if right else ""))
-    return "|".join(parts + raw)
-
-
-class KeywordSet:
-    """A compiled keyword list; find() returns the matched text (for evidence) or None."""
-
-    __slots__ = ("_regex", "keywords")
-
-    def __init__(self, keywords: Iterable[str]) -> None:
-        self.keywords = tuple(keywords)
-        pattern = keyword_regex(self.keywords)
-        self._regex = re.compile(pattern) if pattern else None
-
-    def find(self, text: str) -> str | None:
-        if self._regex is None or not text:
-            return None
-        m = self._regex.search(text)
-        return m.group(0) if m else None
-
-
 @dataclass(frozen=True)
 class Special:
     """One name-based special sequence class (first priority of sequenceClass)."""
@@ -324,12 +265,9 @@ class MrCleanConfig:
 
     raw: Mapping[str, Any]
     source: str
-    oblique_threshold: float
+    facts: facts.Vocabulary  # orientation threshold, localizer and derived words: the node-wide decisions
     orientation_names: tuple[tuple[Orientation, KeywordSet], ...]
     dimension_names: tuple[tuple[str, KeywordSet], ...]
-    localizer_tokens: frozenset[str]
-    localizer_names: KeywordSet
-    derived_names: KeywordSet
     low_field_below: float
     mid_field_below: float
     high_field_from: float
@@ -432,12 +370,14 @@ def compile_config(raw: Mapping[str, Any], source: str = "<dict>") -> MrCleanCon
     return MrCleanConfig(
         raw=copy.deepcopy(dict(raw)),
         source=source,
-        oblique_threshold=float(raw["orientation"]["obliqueThreshold"]),
+        facts=facts.Vocabulary(
+            oblique_threshold=float(raw["orientation"]["obliqueThreshold"]),
+            localizer_tokens=_tokens(raw["imageType"]["localizerTokens"]),
+            localizer_names=KeywordSet(raw["imageType"]["localizerKeywords"]),
+            derived_names=KeywordSet(raw["imageType"]["derivedKeywords"]),
+        ),
         orientation_names=tuple((Orientation(k), KeywordSet(v)) for k, v in raw["orientation"]["nameKeywords"].items()),
         dimension_names=tuple((k, KeywordSet(v)) for k, v in raw["dimension"]["nameKeywords"].items()),
-        localizer_tokens=_tokens(raw["imageType"]["localizerTokens"]),
-        localizer_names=KeywordSet(raw["imageType"]["localizerKeywords"]),
-        derived_names=KeywordSet(raw["imageType"]["derivedKeywords"]),
         low_field_below=float(raw["fieldStrength"]["lowFieldBelowT"]),
         mid_field_below=float(raw["fieldStrength"]["midFieldBelowT"]),
         high_field_from=float(raw["fieldStrength"]["highFieldFromT"]),

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
+from node.dicom import facts
 from node.mr_clean.config import MrCleanConfig
 from node.mr_clean.enums import (
     Dimension,
@@ -29,23 +28,14 @@ def _g(v: float) -> str:
 
 
 def orientation(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[Orientation, str]:
-    """AX/SAG/COR from the dominant axis of the slice normal; OBL when none reaches the threshold."""
-    if rec.iop is not None:
-        r, c = rec.iop[:3], rec.iop[3:]
-        n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-        norm = math.sqrt(sum(v * v for v in n))
-        if norm > 1e-6:
-            comps = [abs(v) / norm for v in n]
-            i = max(range(3), key=comps.__getitem__)
-            axis, thr = "xyz"[i], cfg.oblique_threshold
-            if comps[i] < thr:
-                return Orientation.OBL, f"IOP normal max |{axis}|={comps[i]:.2f}<{_g(thr)}"
-            return _AXES[i], f"IOP normal |{axis}|={comps[i]:.2f}>={_g(thr)}"
-    why = "no IOP" if rec.iop is None else "degenerate IOP"
-    for label, keywords in cfg.orientation_names:
+    """AX/SAG/COR/OBL from the slice normal (node.dicom.facts decides); name keywords only without a usable IOP."""
+    label, why = facts.orientation(rec.iop, cfg.facts)
+    if label is not facts.Orientation.UNKNOWN:
+        return Orientation(label.value), why
+    for name_label, keywords in cfg.orientation_names:
         kw = keywords.find(rec.names)
         if kw:
-            return label, f"name '{kw}' ({why})"
+            return name_label, f"name '{kw}' ({why})"
     return Orientation.UNKNOWN, f"{why}, no name keyword"
 
 
@@ -60,21 +50,21 @@ def dimension(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[Dimension, str]:
     return Dimension.UNKNOWN, "no MRAcquisitionType"
 
 
+_KIND = {
+    facts.Derivation.ORIGINAL: ImageKind.ORIGINAL,
+    facts.Derivation.DERIVED: ImageKind.DERIVED,
+    facts.Derivation.SECONDARY: ImageKind.DERIVED,
+    facts.Derivation.UNKNOWN: ImageKind.OTHER,
+}
+
+
 def image_kind(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[ImageKind, str]:
-    """LOCALIZER from ImageType or names, else ORIGINAL/DERIVED from ImageType[0], else derived names."""
-    tok = _first(rec.image_type, cfg.localizer_tokens)
-    if tok:
-        return ImageKind.LOCALIZER, f"ImageType {tok}"
-    kw = cfg.localizer_names.find(rec.names)
-    if kw:
-        return ImageKind.LOCALIZER, f"name '{kw}'"
-    first = rec.image_type[0] if rec.image_type else ""
-    if first in ("ORIGINAL", "DERIVED"):
-        return ImageKind(first), f"ImageType[0]={first}"
-    kw = cfg.derived_names.find(rec.names)
-    if kw:
-        return ImageKind.DERIVED, f"name '{kw}' (ImageType[0]={first or 'missing'})"
-    return ImageKind.OTHER, f"ImageType[0]={first or 'missing'}"
+    """LOCALIZER, else ORIGINAL/DERIVED: the node-wide decisions of node.dicom.facts."""
+    why = facts.localizer(rec.image_type, rec.names, vocab=cfg.facts)
+    if why:
+        return ImageKind.LOCALIZER, why
+    kind, why = facts.derivation(rec.image_type, rec.names, vocab=cfg.facts)
+    return _KIND[kind], why
 
 
 def field_strength(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[FieldStrength, str]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from node.ops.health import CheckResult, Heartbeat, sqlite_writable_check
 from node.ops.metrics import Metrics
+from node.store import state as study_state
 
 if TYPE_CHECKING:
     from node.app import Node
@@ -24,8 +25,8 @@ class NodeGauges:
         tripped = guard.tripped()
         metrics.set("dicomnode_disk_guard_tripped", 1.0 if tripped else 0.0)
         metrics.set("dicomnode_disk_free_bytes", float(guard.free_bytes))
-        for state, count in self.node.store.query("SELECT state, COUNT(*) FROM studies GROUP BY state"):
-            metrics.set("dicomnode_studies", float(count), state=str(state))
+        for state, count in study_state.counts(self.node.store).items():
+            metrics.set("dicomnode_studies", float(count), state=state)
 
 
 def health_checks(node: Node, heartbeat: Heartbeat) -> dict[str, Callable[[], CheckResult]]:

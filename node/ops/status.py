@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from node.config import Config
 from node.ops.health import tcp_listening_check
+from node.store import schema
 from node.store.store import Store
 
 Write = Callable[[str], object]
@@ -19,8 +20,6 @@ def _counts(store: Store, table: str, column: str = "state") -> str:
 
 def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) -> None:
     """Write the status report line by line (read-only: the database is only queried)."""
-    from node.process.completion import migrate as completion_migrate
-    from node.pull import scheduler
     from node.pull.inbox import status_document
 
     n = cfg.node
@@ -35,10 +34,14 @@ def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) ->
             result = echo(PeerAddress(peer.ae_title, peer.host, peer.port), settings)
             state = f"reachable ({result.seconds * 1000:.0f} ms)" if result.ok else f"NOT reachable: {result.error}"
             write(f"peer {name} {peer.ae_title}@{peer.host}:{peer.port}: {state}\n")
-    store = Store(cfg.paths)
+    if not cfg.paths.database.exists():
+        write(f"database {cfg.paths.database}: none yet (the node has not run with these paths)\n")
+        return
+    store = Store(cfg.paths, read_only=True)
     try:
-        completion_migrate(store)
-        scheduler.migrate(store)
+        if store.schema_version < schema.SCHEMA_VERSION:
+            write(f"database {cfg.paths.database}: from an older version; start the node once to migrate it\n")
+            return
         write(f"studies: {_counts(store, 'studies')}\n")
         write(f"requests: {_counts(store, 'requests')}\n")
         for (rid,) in store.query("SELECT id FROM requests ORDER BY id DESC LIMIT 20"):

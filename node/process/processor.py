@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import sqlite3
 import threading
 import time
 import traceback
@@ -27,8 +26,9 @@ from node.config import Config
 from node.dicom.validators import is_valid_uid
 from node.ops.metrics import Metrics
 from node.process import completion
-from node.process.completion import StudyState
 from node.process.outbox import TEMP_PREFIX, disambiguate, folder_name, publish, sweep
+from node.store import state
+from node.store.state import StudyState
 from node.store.store import Store, file_sha256
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,6 @@ class Processor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._dispatcher: threading.Thread | None = None
-        completion.migrate(store)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -326,24 +325,17 @@ class Processor:
 
     def _claim(self, study_uid: str, version: int, payload: dict[str, Any]) -> StudyJob | None:
         """complete -> processing for exactly this version, atomically; None when someone else has it or it is stale."""
-        row = self.store.query(
-            "SELECT state, version, patient_id, study_date, accession FROM studies WHERE study_uid=?", (study_uid,)
-        )
-        if not row:
+        study = state.claimable(self.store, study_uid)
+        if study is None:
             return None
-        state, current, patient_id, study_date, accession = row[0]
-        if state != StudyState.COMPLETE or int(current) != version:
-            if state in (StudyState.DONE, StudyState.FAILED) and int(current) >= version:
+        if study.state != StudyState.COMPLETE or study.version != version:
+            if study.state in (StudyState.DONE, StudyState.FAILED) and study.version >= version:
                 self._remove_marker(study_uid, version)
             return None
-        folder = self._folder_for(study_uid, {"PatientID": patient_id, "StudyDate": study_date, "AccessionNumber": accession})
-        with self.store.transaction() as db:
-            cur = db.execute(
-                "UPDATE studies SET state=?, state_changed=?, attempts=attempts+1 WHERE study_uid=? AND state=? AND version=?",
-                (StudyState.PROCESSING, time.time(), study_uid, StudyState.COMPLETE, version),
-            )
-            if cur.rowcount != 1:
-                return None
+        attributes = {"PatientID": study.patient_id, "StudyDate": study.study_date, "AccessionNumber": study.accession}
+        folder = self._folder_for(study_uid, attributes)
+        if not state.claim(self.store, study_uid, version):
+            return None
         p = self.config.processing
         return StudyJob(
             study_uid=study_uid,
@@ -361,11 +353,11 @@ class Processor:
 
     def _folder_for(self, study_uid: str, attributes: dict[str, str | None]) -> str:
         """The study's outbox folder: its previous one, or the template name, disambiguated if another study has it."""
-        previous = self.store.query("SELECT outbox_path FROM studies WHERE study_uid=?", (study_uid,))
-        if previous and previous[0][0]:
-            return str(previous[0][0])
+        previous = state.claimable(self.store, study_uid)
+        if previous is not None and previous.outbox_path:
+            return str(previous.outbox_path)
         name = folder_name(self.config.processing.folder_template, attributes, study_uid)
-        taken = self.store.query("SELECT 1 FROM studies WHERE outbox_path=? AND study_uid<>?", (name, study_uid))
+        taken = state.folder_taken(self.store, name, study_uid)
         existing = self.config.paths.outbox / name / "manifest.json"
         foreign = False
         if existing.exists():
@@ -379,13 +371,10 @@ class Processor:
     def _outputs_for(self, study_uid: str) -> tuple[str, ...]:
         """Outputs asked for by the requests that pulled this study, else the configured default."""
         wanted: set[str] = set()
-        try:
-            rows = self.store.query(
-                "SELECT r.outputs FROM requests r JOIN request_studies rs ON rs.request_id=r.id WHERE rs.study_uid=?",
-                (study_uid,),
-            )
-        except sqlite3.OperationalError:
-            rows = []
+        rows = self.store.query(
+            "SELECT r.outputs FROM requests r JOIN request_studies rs ON rs.request_id=r.id WHERE rs.study_uid=?",
+            (study_uid,),
+        )
         for (raw,) in rows:
             try:
                 wanted.update(str(o) for o in json.loads(raw or "[]"))
@@ -407,7 +396,7 @@ class Processor:
         with self._lock:
             self._running.pop(study_uid, None)
         if result.ok:
-            completion.set_state(self.store, study_uid, StudyState.DONE, result.reason, outbox_path=result.folder)
+            state.set_state(self.store, study_uid, StudyState.DONE, result.reason, outbox_path=result.folder)
             log.info(
                 "Study %s version %d done in %.1fs: outbox/%s%s",
                 study_uid,
@@ -417,7 +406,7 @@ class Processor:
                 f" ({len(result.warnings)} warning(s))" if result.warnings else "",
             )
         else:
-            completion.set_state(self.store, study_uid, StudyState.FAILED, result.reason)
+            state.set_state(self.store, study_uid, StudyState.FAILED, result.reason)
             log.error("Study %s failed: %s", study_uid, result.reason)
         if self.metrics is not None:
             self.metrics.observe("dicomnode_processing_seconds", result.seconds)
@@ -438,12 +427,9 @@ class Processor:
         removed = sweep(self.config.paths.outbox)
         if removed:
             log.info("Removed %d unpublished staging folder(s) from the outbox", removed)
-        rows = self.store.query(
-            "SELECT study_uid, version, outbox_path, may_be_incomplete, reason FROM studies WHERE state=?",
-            (StudyState.PROCESSING,),
-        )
-        for study_uid, version, outbox_path, incomplete, reason in rows:
-            folder = outbox_path or self._folder_for(study_uid, {})
+        for study in state.interrupted(self.store):
+            study_uid, version = study.study_uid, study.version
+            folder = study.outbox_path or self._folder_for(study_uid, {})
             manifest = self.config.paths.outbox / folder / "manifest.json"
             published = None
             if manifest.exists():
@@ -453,16 +439,11 @@ class Processor:
                         published = int(data.get("version", -1))
                 except (OSError, ValueError):
                     published = None
-            if published == int(version):
-                completion.set_state(self.store, study_uid, StudyState.DONE, "published before restart", outbox_path=folder)
-                self._remove_marker(study_uid, int(version))
+            if published == version:
+                state.set_state(self.store, study_uid, StudyState.DONE, "published before restart", outbox_path=folder)
+                self._remove_marker(study_uid, version)
                 log.info("Study %s version %s was published before the restart: done", study_uid, version)
                 continue
-            with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE studies SET state=?, state_changed=? WHERE study_uid=?",
-                    (StudyState.COMPLETE, time.time(), study_uid),
-                )
-            completion.write_marker(self.store, study_uid, int(version), bool(incomplete), str(reason or ""))
+            state.requeue(self.store, study_uid)
+            completion.write_marker(self.store, study_uid, version, study.may_be_incomplete, study.reason)
             log.info("Study %s version %s was interrupted by a restart: processing it again", study_uid, version)
-

@@ -14,16 +14,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from node.dicom import facts
+
 OUTPUTS = ("excel", "nifti")
 _DATE_RANGE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
-# SeriesDescription words of derived/secondary series that are not acquisitions (reformats, renders, captures, reports).
-DERIVED_DESCRIPTION = re.compile(
-    r"\b(mpr|mip|minip|vr|vrt|3d|reformat\w*|screen ?(save|shot|capture)|secondary|dose ?(report|info)|"
-    r"patient ?protocol|localizer report|key ?images?)\b",
-    re.IGNORECASE,
-)
-# Modalities that never hold images to convert: reports, presentation states, key objects, raw data.
-NON_IMAGE_MODALITIES = frozenset({"SR", "PR", "KO", "REG", "RWV", "DOC", "PLAN", "RAW", "FID"})
 _ID_TEXT = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[^\\\x00-\x1f*?]*$"}
 
 SCHEMA: dict[str, Any] = {
@@ -139,21 +133,10 @@ class SeriesFilter:
 
 
 def derived_reason(series: Mapping[str, Any]) -> str | None:
-    """Why a series looks derived/secondary (reformat, render, screen capture, dose report), or None."""
-    modality = str(series.get("Modality") or "")
-    if modality in NON_IMAGE_MODALITIES:
-        return f"modality {modality}"
+    """Why a series is not an acquisition (reformat, render, screen capture, dose report), or None."""
     image_type = [str(v).upper() for v in (series.get("ImageType") or [])]
-    if "SECONDARY" in image_type:
-        return "ImageType SECONDARY"
-    if image_type and image_type[0] == "DERIVED" and any(v in image_type for v in ("MPR", "MIP", "VR", "REFORMATTED",
-                                                                                  "PROJECTION IMAGE", "CSA MPR")):
-        return "ImageType " + "\\".join(image_type)
-    description = str(series.get("SeriesDescription") or "")
-    match = DERIVED_DESCRIPTION.search(description)
-    if match:
-        return f"description {description!r} ({match.group(0)})"
-    return None
+    kind, why = facts.derivation(image_type, str(series.get("SeriesDescription") or ""), str(series.get("Modality") or ""))
+    return why if kind is facts.Derivation.SECONDARY else None
 
 
 @dataclass(frozen=True)

@@ -21,72 +21,12 @@ from node.process import completion
 from node.pull import scu
 from node.pull.requests import Request, SeriesFilter, StudyQuery
 from node.pull.scu import ErrorKind, MoveProgress, PeerAddress, ScuError, ScuSettings
+from node.store import state as study_state
 from node.store.store import Origin, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    file_name TEXT NOT NULL,
-    file_location TEXT NOT NULL DEFAULT 'inbox',
-    sha256 TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    outputs TEXT NOT NULL,
-    series_filter TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    not_before REAL,
-    state TEXT NOT NULL DEFAULT 'queued',
-    reason TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_sha ON requests(sha256);
-CREATE TABLE IF NOT EXISTS request_queries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id INTEGER NOT NULL REFERENCES requests(id),
-    idx INTEGER NOT NULL,
-    query TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    reason TEXT,
-    found INTEGER,
-    UNIQUE (request_id, idx)
-);
-CREATE TABLE IF NOT EXISTS request_studies (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id INTEGER NOT NULL REFERENCES requests(id),
-    query_id INTEGER,
-    study_uid TEXT NOT NULL,
-    patient_id TEXT,
-    accession TEXT,
-    study_date TEXT,
-    state TEXT NOT NULL DEFAULT 'queued',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    reason TEXT,
-    expected INTEGER,
-    received INTEGER,
-    updated REAL,
-    UNIQUE (request_id, study_uid)
-);
-CREATE INDEX IF NOT EXISTS request_studies_uid ON request_studies(study_uid);
-CREATE TABLE IF NOT EXISTS request_series (
-    request_id INTEGER NOT NULL REFERENCES requests(id),
-    study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    number INTEGER,
-    modality TEXT,
-    description TEXT,
-    expected INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    moves INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (request_id, series_uid)
-);
-"""
+
 
 # Work-item states (request_queries / request_studies). 'complete' hands over to studies.state (the processor).
 QUEUED, WAITING, QUERYING, MOVING, FOUND, COMPLETE, FAILED = (
@@ -96,15 +36,6 @@ _ACTIVE = (QUERYING, MOVING)
 R_QUEUED, R_RUNNING, R_PULLED, R_DONE, R_FAILED = "queued", "running", "pulled", "done", "failed"
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _IMAGE_MOVE_CHUNK = 500  # SOP Instance UIDs per IMAGE-level gap-fill move: keeps the identifier small
-
-
-def migrate(store: Store) -> None:
-    """Create the request tables (and the completion columns they rely on); idempotent."""
-    completion.migrate(store)
-    with store.transaction() as db:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
 
 
 # ---------------------------------------------------------------------------------------------- time windows
@@ -194,7 +125,6 @@ class Scheduler:
         self.on_change = on_change
         self.dispatch_interval_s = dispatch_interval_s
         self.rng = random.Random()
-        migrate(store)
         self._lock = threading.Condition()
         self._running: set[tuple[str, int]] = set()
         self._running_studies: set[str] = set()
@@ -393,7 +323,7 @@ class Scheduler:
         if table != "request_studies":
             return
         (study_uid,) = self.store.query("SELECT study_uid FROM request_studies WHERE id=?", (item_id,))[0]
-        completion.release_pull(self.store, study_uid, f"request:{rid}")
+        study_state.release_pull(self.store, study_uid, f"request:{rid}")
         if self.store.query("SELECT 1 FROM pulls WHERE study_uid=?", (study_uid,)):
             return  # another request still pulls it and will complete it
         completion.mark_complete(self.store, study_uid, f"pull failed ({reason}); processing what arrived",
@@ -515,7 +445,7 @@ class Scheduler:
             self._set_item("request_studies", sid, QUERYING, reason=None)
             self._changed(rid)
             self._plan_series(rid, peer, study_uid)
-        completion.claim_pull(self.store, study_uid, owner)
+        study_state.claim_pull(self.store, study_uid, owner)
         selected = self.store.query(
             "SELECT series_uid, expected, number FROM request_series WHERE request_id=? AND study_uid=? AND state!='skipped'"
             " ORDER BY number, series_uid", (rid, study_uid))
@@ -545,9 +475,8 @@ class Scheduler:
         reason = f"pulled by request {rid}: all {total} instances of {len(selected)} series present"
         version = completion.mark_complete(self.store, study_uid, reason)
         if version is None:
-            state = self.store.query("SELECT state FROM studies WHERE study_uid=?", (study_uid,))
-            log.info("Study %s already %s; nothing more to pull", study_uid, state[0][0] if state else "unknown")
-        completion.release_pull(self.store, study_uid, owner)
+            log.info("Study %s already %s; nothing more to pull", study_uid, study_state.state_of(self.store, study_uid))
+        study_state.release_pull(self.store, study_uid, owner)
         self._set_item("request_studies", sid, COMPLETE, received=total, reason=None)
         log.info("Request %d: study %s complete (%d instances)", rid, study_uid, total)
 
@@ -672,4 +601,4 @@ def peer_find(config: Config, peer_name: str, query: dict[str, str]) -> list[dic
     return scu.find_studies(address_of(peer), settings_for(config, peer), query)
 
 
-__all__ = ["Scheduler", "backoff_delay", "in_window", "migrate", "next_window_start", "peer_find"]
+__all__ = ["Scheduler", "backoff_delay", "in_window", "next_window_start", "peer_find"]

@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import shutil
-import sqlite3
 import stat
 import threading
 import time
@@ -16,8 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from node.config import RetentionConfig
-from node.process import completion
-from node.process.completion import StudyState
+from node.store.state import StudyState
 from node.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,17 +49,6 @@ class _Folder:
     size: int
 
 
-def migrate(store: Store) -> None:
-    """studies.store_purged: when retention deleted the study's DICOM (NULL while it is kept)."""
-    completion.migrate(store)
-    with store.transaction() as db:
-        try:
-            db.execute("ALTER TABLE studies ADD COLUMN store_purged REAL")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
-
-
 class Retention:
     """Applies the retention policy every `interval_s` on its own thread (or once, via run_once)."""
 
@@ -71,7 +58,6 @@ class Retention:
         self.config = config
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        migrate(store)
 
     def start(self) -> None:
         self._stop.clear()

@@ -21,6 +21,7 @@ from typing import Any
 from node.config import Paths
 from node.dicom import reader
 from node.dicom.validators import uid_problem
+from node.store import schema
 
 log = logging.getLogger(__name__)
 
@@ -46,60 +47,7 @@ _HEADER_TAGS: dict[int, str] = {
     0x00200013: "InstanceNumber",
 }
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid TEXT PRIMARY KEY,
-    sop_class_uid TEXT NOT NULL,
-    transfer_syntax TEXT,
-    study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    series_number INTEGER,
-    instance_number INTEGER,
-    modality TEXT,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    calling_ae TEXT,
-    peer_ip TEXT,
-    assoc_id TEXT,
-    received_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid, series_uid);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    patient_id TEXT,
-    accession TEXT,
-    study_date TEXT,
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    n_instances INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL DEFAULT 'receiving',
-    state_changed REAL NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0,
-    reason TEXT
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    study_uid TEXT NOT NULL,
-    assoc_id TEXT NOT NULL,
-    PRIMARY KEY (study_uid, assoc_id)
-);
-CREATE TABLE IF NOT EXISTS conflicts (
-    sop_uid TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    path TEXT NOT NULL,
-    calling_ae TEXT,
-    received_at TEXT NOT NULL,
-    PRIMARY KEY (sop_uid, sha256)
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    calling_ae TEXT,
-    peer_ip TEXT,
-    received_at TEXT NOT NULL
-);
-"""
+
 
 
 class StoreError(Exception):
@@ -169,16 +117,26 @@ def dataset_sha256(path: Path) -> str:
 class Store:
     """UID-named file store with a SQLite (WAL) index; every accepted instance is durable before it is indexed."""
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, read_only: bool = False) -> None:
+        """Open the store; the database is migrated to the current schema here, once (not when read_only)."""
         self.paths = paths
-        for folder in (paths.var, paths.store, paths.tmp, paths.quarantine, paths.conflicts):
-            folder.mkdir(parents=True, exist_ok=True)
         self._db_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(64)]
         self._dir_lock = threading.Lock()
+        if read_only:
+            # Read-only tools (the status verb) never create folders or change the schema of a running node.
+            self.db = sqlite3.connect(f"{paths.database.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                                      timeout=30, isolation_level=None)
+            return
+        for folder in (paths.var, paths.store, paths.tmp, paths.quarantine, paths.conflicts):
+            folder.mkdir(parents=True, exist_ok=True)
         self.db = self._connect(paths.database)
-        self.db.executescript(_SCHEMA)
-        self.db.commit()
+        schema.migrate(self.db)
+
+    @property
+    def schema_version(self) -> int:
+        with self._db_lock:
+            return schema.version(self.db)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,13 +13,13 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from node.dicom import facts
 from node.process.nifti.headers import SIEMENS_MR_HEADER, read_fast
 from node.process.nifti.mosaic import mosaic_layout
 
 log = logging.getLogger(__name__)
 
 PROJECTION_MODALITIES = frozenset({"DX", "CR", "MG", "XA", "RF", "IO", "PX", "RG", "OT", "SC", "XC", "US"})
-_LOCALIZER_WORDS = re.compile(r"loc|scout|survey|pilot|plane|topogram|scanogram|surview", re.IGNORECASE)
 # Codes that make a volume geometrically untrustworthy (written only with on_geometry_error=write_with_warning).
 GEOMETRY_ERRORS = frozenset({"MISSING_SLICE", "UNEVEN_SPACING", "INCOMPLETE_4D"})
 
@@ -361,26 +360,17 @@ def split_series(slices: Sequence[SliceInfo]) -> tuple[list[Group], list[Issue]]
 
 
 def looks_like_localizer(slices: Sequence[SliceInfo], description: str) -> bool:
-    """ImageType LOCALIZER, or several near-orthogonal planes that are few-sliced or named like a localizer."""
-    if any("LOCALIZER" in s.image_type for s in slices):
-        return True
-    by_iop: dict[tuple[float, ...], int] = {}
-    for s in slices:
-        if s.iop is not None:
-            by_iop[s.iop] = by_iop.get(s.iop, 0) + 1
+    """The one localizer decision (node.dicom.facts), from the slices' ImageType, the name and the planes."""
     planes: dict[tuple[float, ...], int] = {}
-    normals: dict[tuple[float, ...], np.ndarray] = {}
-    for iop, count in by_iop.items():
-        n = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
-        key = tuple(round(float(v), 2) for v in n)
-        planes[key] = planes.get(key, 0) + count
-        normals[key] = n
-    if len(planes) < 2:
-        return False
-    vecs = list(normals.values())
-    orthogonal = any(abs(float(np.dot(a, b))) < 0.2 for i, a in enumerate(vecs) for b in vecs[i + 1:])
-    few = max(planes.values()) <= 5
-    return orthogonal and (few or bool(_LOCALIZER_WORDS.search(description)))
+    normals: dict[tuple[float, ...], tuple[float, float, float]] = {}
+    for s in slices:
+        n = facts.slice_normal(s.iop)
+        if n is not None:
+            key = tuple(round(v, 2) for v in n)
+            planes[key] = planes.get(key, 0) + 1
+            normals.setdefault(key, n)
+    image_type = sorted({v for s in slices for v in s.image_type})
+    return facts.localizer(image_type, description, [(normals[k], c) for k, c in planes.items()]) is not None
 
 
 # ----- stacking ------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import struct
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
-from node.dicom import reader
+from node.dicom import facts, reader
 from node.dicom.charset import decode_text, normalise_charsets
 from node.process.outputs import SeriesOutcome
 from node.process.workbook.templates import VALID_VRS, Attribute, TagSource, TemplateSet, load_templates
@@ -586,10 +585,6 @@ SERIES_COLUMNS: tuple[Column, ...] = (
     Column("Reasons", "Reasons"),
 )
 
-_LOCALIZER_WORDS = re.compile(r"localizer|localiser|scout|survey|topogram|scanogram|3[-_ ]?plane|\bloc\b", re.I)
-_OBLIQUE_LIMIT = 0.9  # |dominant component of the slice normal| below this: labelled oblique
-
-
 def _as_list(value: Any) -> list[Any]:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
@@ -615,22 +610,30 @@ def _hashable(value: Any) -> Any:
     return value if isinstance(value, str | int | float | None) else repr(value)
 
 
-def _normal(iop: list[Any]) -> tuple[float, float, float] | None:
-    if len(iop) != 6 or not all(isinstance(v, int | float) for v in iop):
-        return None
-    r, c = [float(v) for v in iop[:3]], [float(v) for v in iop[3:]]
-    return (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-
-
 def orientation_label(iop: list[Any]) -> str:
-    """AX, SAG or COR from the slice normal's dominant axis; OBL-<label> when that axis is not dominant."""
-    n = _normal(iop)
-    if n is None:
-        return ""
-    axis = max(range(3), key=lambda i: abs(n[i]))
-    label = ("SAG", "COR", "AX")[axis]
-    norm = math.sqrt(sum(v * v for v in n)) or 1.0
-    return label if abs(n[axis]) / norm >= _OBLIQUE_LIMIT else f"OBL-{label}"
+    """AX, SAG, COR or OBL (node.dicom.facts decides, as for MR_Cleaned); "" without a usable IOP."""
+    label, _ = facts.orientation(iop)
+    return "" if label is facts.Orientation.UNKNOWN else label.value
+
+
+def _planes(iops: list[list[Any]]) -> list[tuple[tuple[float, float, float], int]]:
+    """Distinct slice planes (normals rounded to 0.01) with their image counts."""
+    counts: dict[tuple[float, ...], int] = {}
+    normals: dict[tuple[float, ...], tuple[float, float, float]] = {}
+    for iop in iops:
+        n = facts.slice_normal(iop)
+        if n is not None:
+            key = tuple(round(v, 2) for v in n)
+            counts[key] = counts.get(key, 0) + 1
+            normals.setdefault(key, n)
+    return [(normals[k], c) for k, c in counts.items()]
+
+
+def _normal(iop: list[Any]) -> tuple[float, float, float] | None:
+    return facts.slice_normal(iop) if len(iop) == 6 and all(isinstance(v, int | float) for v in iop) else None
+
+
+_NOT_ORIGINAL = (facts.Derivation.DERIVED, facts.Derivation.SECONDARY)
 
 
 def _uniform(values: list[Any]) -> Any:
@@ -645,23 +648,16 @@ def _summarise_series(series_uid: str, group: pd.DataFrame, outcome: SeriesOutco
     image_types = [[str(v).upper() for v in _as_list(t)] for t in group["ImageType"]] if "ImageType" in group else []
     warnings: list[str] = []
     reasons: list[str] = []
-    derived_reasons = sorted({
-        " ".join(t[:2]) for t in image_types if t[:1] == ["DERIVED"] or t[1:2] == ["SECONDARY"]
-    })
+    names = " ".join(str(first.get(k) or "") for k in ("SeriesDescription", "ProtocolName"))
+    derivations = [facts.derivation(tuple(t), names) for t in _distinct(image_types)] or [facts.derivation((), names)]
+    kind, derived_why = next(((k, w) for k, w in derivations if k in _NOT_ORIGINAL), derivations[0])
     iops = [_as_list(v) for v in group.get("ImageOrientationPatient", pd.Series([None] * len(group)))]
     labels = _distinct([orientation_label(v) for v in iops if v])
-    localizer_why: list[str] = []
-    if any("LOCALIZER" in t for t in image_types):
-        localizer_why.append("ImageType LOCALIZER")
-    description = " ".join(str(first.get(k) or "") for k in ("SeriesDescription", "ProtocolName"))
-    if _LOCALIZER_WORDS.search(description):
-        localizer_why.append("description")
-    if len(labels) > 1:
-        localizer_why.append(f"{len(labels)} orientations")
-    if derived_reasons:
-        reasons.append("derived: ImageType " + ", ".join(derived_reasons))
+    localizer_why = facts.localizer(sorted({v for t in image_types for v in t}), names, _planes(iops))
+    if kind in _NOT_ORIGINAL:
+        reasons.append(f"derived: {derived_why}")
     if localizer_why:
-        reasons.append("localizer: " + ", ".join(localizer_why))
+        reasons.append(f"localizer: {localizer_why}")
 
     matrices = _distinct([
         f"{r}x{c}" for r, c in zip(group.get("Rows", []), group.get("Columns", []), strict=False) if r and c
@@ -694,7 +690,7 @@ def _summarise_series(series_uid: str, group: pd.DataFrame, outcome: SeriesOutco
         "ProtocolName": first.get("ProtocolName"),
         "Instances": len(group),
         "ImageType": _as_list(first.get("ImageType")) or None,
-        "Derived": "yes" if derived_reasons else "no",
+        "Derived": "yes" if kind in _NOT_ORIGINAL else "no",
         "Localizer": "yes" if localizer_why else "no",
         "Orientation": labels[0] if len(labels) == 1 else ("mixed: " + ", ".join(labels) if labels else None),
         "Matrix": matrices[0] if len(matrices) == 1 else ("mixed" if matrices else None),

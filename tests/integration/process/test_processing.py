@@ -187,6 +187,7 @@ def test_the_hard_cap_can_discard_instead(start_node, tmp_path):
 
 def test_a_study_that_cannot_be_processed_fails_with_a_reason_and_the_node_goes_on(start_node, tmp_path):
     from node.process import completion
+    from node.store import state
 
     node = start_node(completion={"stable_age_s": 0.5, "check_interval_s": 0.1})
     ghost = "1.2.3.4.5.6.7.8.9"
@@ -197,7 +198,7 @@ def test_a_study_that_cannot_be_processed_fails_with_a_reason_and_the_node_goes_
             " VALUES (?,?,?,?,?,?)",
             (ghost, now, now, 1, "receiving", now),
         )
-    completion.claim_pull(node.store, ghost, "test")  # keep the idle rule away; we complete it ourselves
+    state.claim_pull(node.store, ghost, "test")  # keep the idle rule away; we complete it ourselves
     assert completion.mark_complete(node.store, ghost, "test") == 1
     wait_for(lambda: study_state(node, ghost) == "failed", what="failed")
     (reason,) = node.store.query("SELECT reason FROM studies WHERE study_uid=?", (ghost,))[0]

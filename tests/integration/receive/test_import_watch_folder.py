@@ -6,7 +6,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from node.process.completion import StudyState
+from node.store.state import StudyState
 from tests.support.dicomgen import multi_series_study, write_study
 from tests.support.waiting import wait_for
 

@@ -104,8 +104,8 @@ def test_an_edited_config_file_is_reloaded(tmp_path: Path):
     path.write_text(json.dumps(raw), encoding="utf-8")
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert load_config(path).oblique_threshold == 0.9
-    assert first.oblique_threshold == 0.8
+    assert load_config(path).facts.oblique_threshold == 0.9
+    assert first.facts.oblique_threshold == 0.8
 
 
 def test_a_dict_passed_as_cfg_wins_over_config_path(tmp_path: Path):

@@ -307,7 +307,7 @@ def test_dimension_from_acquisition_type_then_names(acq, name, expected):
         ("ORIGINAL\\PRIMARY\\M\\ND", "t1", "ORIGINAL"), (["DERIVED", "PRIMARY", "MPR"], "t1", "DERIVED"),
         ("ORIGINAL\\PRIMARY\\LOCALIZER", "t1", "LOCALIZER"), ("ORIGINAL\\PRIMARY\\M", "localizer", "LOCALIZER"),
         ("['DERIVED', 'SECONDARY']", "x", "DERIVED"), ("", "t1 MPR cor", "DERIVED"), (None, "t1", "OTHER"),
-        ("SECONDARY", "t1", "OTHER"),
+        ("SECONDARY", "t1", "DERIVED"),  # ImageType SECONDARY: the node-wide decision (node.dicom.facts)
     ],
 )
 def test_refined_image_type_from_image_type_then_names(image_type, name, expected):

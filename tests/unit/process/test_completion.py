@@ -8,6 +8,8 @@ import time
 from node.config import Paths
 from node.process import completion
 from node.process.completion import CapAction, CompletionConfig, CompletionMonitor
+from node.store import state as study_state
+from node.store.state import StudyState
 from node.store.store import Store
 
 
@@ -47,10 +49,10 @@ def test_an_open_delivery_or_a_pull_holds_completion(tmp_path):
     add_study(store, "1.2.4", first=0, last=0)
     with store.transaction() as db:
         db.execute("INSERT INTO deliveries(study_uid, assoc_id) VALUES ('1.2.3', 'a1')")
-    completion.claim_pull(store, "1.2.4", "request-1")
+    study_state.claim_pull(store, "1.2.4", "request-1")
     assert monitor.tick(now=100) == []
     store.end_delivery("a1")
-    completion.release_pull(store, "1.2.4", "request-1")
+    study_state.release_pull(store, "1.2.4", "request-1")
     assert sorted(monitor.tick(now=100)) == ["1.2.3", "1.2.4"]
 
 
@@ -74,7 +76,7 @@ def test_late_instances_reopen_a_done_study_and_the_next_completion_is_version_t
     monitor = CompletionMonitor(store, CompletionConfig(stable_age_s=1, max_wait_s=3600))
     add_study(store, "1.2.3", first=0, last=0)
     monitor.tick(now=10)
-    completion.set_state(store, "1.2.3", completion.StudyState.DONE, "ok", outbox_path="X")
+    study_state.set_state(store, "1.2.3", StudyState.DONE, "ok", outbox_path="X")
     with store.transaction() as db:
         db.execute("UPDATE studies SET last_received=? WHERE study_uid='1.2.3'", (time.time(),))
     monitor.tick(now=time.time())
@@ -85,7 +87,6 @@ def test_late_instances_reopen_a_done_study_and_the_next_completion_is_version_t
 
 def test_only_receiving_or_reopened_studies_can_be_marked_complete(tmp_path):
     store = make_store(tmp_path)
-    completion.migrate(store)
     add_study(store, "1.2.3", first=0, last=0, state="processing")
     assert completion.mark_complete(store, "1.2.3", "x") is None
     assert completion.mark_complete(store, "9.9.9", "x") is None
@@ -95,6 +96,6 @@ def test_a_study_being_pulled_is_not_cut_short_by_the_hard_cap(tmp_path):
     store = make_store(tmp_path)
     monitor = CompletionMonitor(store, CompletionConfig(stable_age_s=1, max_wait_s=10, on_max_wait=CapAction.PROCESS))
     add_study(store, "1.2.3", first=0, last=0)
-    completion.claim_pull(store, "1.2.3", "request-7")  # e.g. paused overnight by a closed time window
+    study_state.claim_pull(store, "1.2.3", "request-7")  # e.g. paused overnight by a closed time window
     assert monitor.tick(now=100_000) == []
     assert state(store, "1.2.3")[0] == "receiving"

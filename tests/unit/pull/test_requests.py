@@ -168,9 +168,9 @@ def test_render_writes_a_request_that_parses_back() -> None:
         ({"Modality": "CT", "ImageType": ["DERIVED", "SECONDARY", "MPR"]}, "ImageType SECONDARY"),
         ({"Modality": "CT", "ImageType": ["DERIVED", "PRIMARY", "MIP"]}, "ImageType DERIVED\\PRIMARY\\MIP"),
         ({"Modality": "SR", "SeriesDescription": "Dose Report"}, "modality SR"),
-        ({"Modality": "CT", "SeriesDescription": "Screen Save"}, "description 'Screen Save' (Screen Save)"),
-        ({"Modality": "CT", "SeriesDescription": "VRT bones"}, "description 'VRT bones' (VRT)"),
-        ({"Modality": "CT", "SeriesDescription": "Patient Protocol"}, "description 'Patient Protocol' (Patient Protocol)"),
+        ({"Modality": "CT", "SeriesDescription": "Screen Save"}, "name 'screen save' (ImageType[0]=missing)"),
+        ({"Modality": "CT", "SeriesDescription": "VRT bones"}, "name 'vrt' (ImageType[0]=missing)"),
+        ({"Modality": "CT", "SeriesDescription": "Patient Protocol"}, "name 'patient protocol' (ImageType[0]=missing)"),
     ],
 )
 def test_derived_series_are_recognised_by_image_type_modality_or_description(series: dict[str, object], why: str) -> None:
@@ -192,4 +192,4 @@ def test_the_series_filter_says_why_it_skips_a_series() -> None:
     assert f.verdict({"Modality": "MR", "SeriesDescription": "dwi"}, 20) == "description 'dwi' matches no include pattern"
     assert f.verdict({"Modality": "MR", "SeriesDescription": "t1 loc"}, 20) == (
         "description 't1 loc' matches exclude pattern 'loc'")
-    assert f.verdict({"Modality": "MR", "SeriesDescription": "t1 MIP"}, 20) == "derived: description 't1 MIP' (MIP)"
+    assert f.verdict({"Modality": "MR", "SeriesDescription": "t1 MIP"}, 20) == "derived: name 'mip' (ImageType[0]=missing)"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from node.config import Paths, RetentionConfig
-from node.process import completion
-from node.process.completion import CompletionConfig, CompletionMonitor, StudyState
+from node.process.completion import CompletionConfig, CompletionMonitor
 from node.store.retention import Retention
+from node.store.state import StudyState
 from node.store.store import Origin, Store
 from tests.support.dicomgen import multi_series_study, write_study
 
@@ -24,7 +24,6 @@ ORIGIN = Origin(calling_ae="UNITTEST", peer_ip="127.0.0.1", assoc_id="")
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(Paths(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", var=tmp_path / "var"))
-    completion.migrate(s)
     s.paths.outbox.mkdir(parents=True, exist_ok=True)
     yield s
     s.close()

@@ -382,7 +382,7 @@ def test_series_summary_reports_counts_geometry_flags_and_nifti_outcomes(tmp_pat
     assert (sag["Matrix"].value, sag["Pixel Spacing (mm)"].value, sag["Localizer"].value) == ("32x32", "0.9\\0.8", "no")
     assert sag["Warnings"].value == "GAP: uneven slice spacing"
     assert (mpr["Derived"].value, mpr["NIfTI Status"].value) == ("yes", "error: conversion failed")
-    assert mpr["Reasons"].value == "derived: ImageType DERIVED SECONDARY"
+    assert mpr["Reasons"].value == "derived: ImageType SECONDARY"
     assert result.sheets[SHEET_SERIES] == 3
 
 
@@ -479,7 +479,8 @@ def test_enhanced_mr_parameters_are_read_from_the_functional_groups(tmp_path: Pa
     ("iop", "label"),
     [
         (oblique_iop(10), "AX"),
-        (oblique_iop(30), "OBL-AX"),
+        (oblique_iop(30), "AX"),  # |cos 30 deg| = 0.87: above the one oblique threshold (0.8), as MR_Cleaned says
+        (oblique_iop(40), "OBL"),
         ((0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "SAG"),
         ((1.0, 0.0, 0.0, 0.0, 0.0, -1.0), "COR"),
         ((1.0, 0.0), ""),

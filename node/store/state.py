@@ -1,0 +1,190 @@
+"""Study state: the one writer of studies.state (receiving -> complete -> processing -> done|failed, reopened).
+
+Every transition is one guarded UPDATE, so two actors can never both move a study from the same state.
+The ready markers that signal a complete study to the processor are files, written by node.process.completion.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from node.store.store import Store
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+    REOPENED = "reopened"
+    DISCARDED = "discarded"
+
+
+# States a study leaves when instances arrive after its snapshot (it is processed again).
+FINISHED = (StudyState.DONE, StudyState.FAILED, StudyState.DISCARDED)
+_SETTABLE = frozenset({"outbox_path", "attempts", "snapshot_received"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A study still receiving, with what the completion rules need to decide on it."""
+
+    study_uid: str
+    started: float  # first instance, or the reopening
+    last_received: float
+    cap_logged: bool
+    open_deliveries: int
+    pulls: int
+
+
+@dataclass(frozen=True)
+class Claimable:
+    """A study's identity for naming its outbox folder, and whether it can be claimed at a version."""
+
+    state: str
+    version: int
+    patient_id: str | None
+    study_date: str | None
+    accession: str | None
+    outbox_path: str | None
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A study left `processing` by a stop or crash."""
+
+    study_uid: str
+    version: int
+    outbox_path: str | None
+    may_be_incomplete: bool
+    reason: str
+
+
+def mark_complete(store: Store, study_uid: str, reason: str, may_be_incomplete: bool = False) -> int | None:
+    """receiving|reopened -> complete at a new version; None when the study is not in a completable state."""
+    now = time.time()
+    with store.transaction() as db:
+        row = db.execute("SELECT state, version, last_received FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        if row is None or row[0] not in (StudyState.RECEIVING, StudyState.REOPENED):
+            return None
+        version = int(row[1]) + 1
+        db.execute(
+            "UPDATE studies SET state=?, version=?, state_changed=?, snapshot_received=?, may_be_incomplete=?,"
+            " reason=?, cap_logged=0 WHERE study_uid=?",
+            (StudyState.COMPLETE, version, now, row[2], int(may_be_incomplete), reason, study_uid),
+        )
+    return version
+
+
+def set_state(store: Store, study_uid: str, state: StudyState, reason: str | None = None, **extra: Any) -> None:
+    """Set a study's state unconditionally (the outcome of processing, a discard, a reopening)."""
+    unknown = set(extra) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not settable: {sorted(unknown)}")
+    columns = "".join(f", {k}=?" for k in extra)
+    sql = f"UPDATE studies SET state=?, state_changed=?, reason=?{columns} WHERE study_uid=?"  # noqa: S608 - fixed column names
+    with store.transaction() as db:
+        db.execute(sql, (state, time.time(), reason, *extra.values(), study_uid))
+
+
+def claim(store: Store, study_uid: str, version: int) -> bool:
+    """complete -> processing for exactly this version (one attempt more); False when someone else has it."""
+    with store.transaction() as db:
+        cur = db.execute(
+            "UPDATE studies SET state=?, state_changed=?, attempts=attempts+1 WHERE study_uid=? AND state=? AND version=?",
+            (StudyState.PROCESSING, time.time(), study_uid, StudyState.COMPLETE, version),
+        )
+        return cur.rowcount == 1
+
+
+def requeue(store: Store, study_uid: str) -> None:
+    """processing -> complete: an interrupted run is done again at the same version."""
+    with store.transaction() as db:
+        db.execute(
+            "UPDATE studies SET state=?, state_changed=? WHERE study_uid=? AND state=?",
+            (StudyState.COMPLETE, time.time(), study_uid, StudyState.PROCESSING),
+        )
+
+
+def reopen_late(store: Store) -> list[str]:
+    """finished -> reopened for every study whose instances arrived after its snapshot; returns their UIDs."""
+    reopened = []
+    with store.transaction() as db:
+        rows = db.execute(
+            "SELECT study_uid FROM studies WHERE state IN (?, ?, ?) AND last_received > COALESCE(snapshot_received, 0)",
+            FINISHED,
+        ).fetchall()
+        for (study_uid,) in rows:
+            db.execute(
+                "UPDATE studies SET state=?, state_changed=?, reason=? WHERE study_uid=?",
+                (StudyState.REOPENED, time.time(), "late instances arrived", study_uid),
+            )
+            reopened.append(str(study_uid))
+    return reopened
+
+
+def note_cap_logged(store: Store, study_uid: str) -> None:
+    with store.transaction() as db:
+        db.execute("UPDATE studies SET cap_logged=1 WHERE study_uid=?", (study_uid,))
+
+
+def candidates(store: Store) -> list[Candidate]:
+    """Studies still receiving (or reopened), with their open deliveries and the requests pulling them."""
+    rows = store.query(
+        "SELECT s.study_uid, CASE WHEN s.state=? THEN s.state_changed ELSE s.first_received END,"
+        " s.last_received, s.cap_logged,"
+        " (SELECT COUNT(*) FROM deliveries d WHERE d.study_uid=s.study_uid),"
+        " (SELECT COUNT(*) FROM pulls p WHERE p.study_uid=s.study_uid)"
+        " FROM studies s WHERE s.state IN (?, ?)",
+        (StudyState.REOPENED, StudyState.RECEIVING, StudyState.REOPENED),
+    )
+    return [Candidate(str(u), float(f), float(last), bool(c), int(d), int(p)) for u, f, last, c, d, p in rows]
+
+
+def claimable(store: Store, study_uid: str) -> Claimable | None:
+    rows = store.query(
+        "SELECT state, version, patient_id, study_date, accession, outbox_path FROM studies WHERE study_uid=?",
+        (study_uid,),
+    )
+    if not rows:
+        return None
+    state, version, patient_id, study_date, accession, outbox_path = rows[0]
+    return Claimable(str(state), int(version), patient_id, study_date, accession, outbox_path)
+
+
+def folder_taken(store: Store, folder: str, study_uid: str) -> bool:
+    """Whether another study already publishes into this outbox folder."""
+    return bool(store.query("SELECT 1 FROM studies WHERE outbox_path=? AND study_uid<>?", (folder, study_uid)))
+
+
+def interrupted(store: Store) -> list[Interrupted]:
+    rows = store.query(
+        "SELECT study_uid, version, outbox_path, may_be_incomplete, reason FROM studies WHERE state=?",
+        (StudyState.PROCESSING,),
+    )
+    return [Interrupted(str(u), int(v), p, bool(i), str(r or "")) for u, v, p, i, r in rows]
+
+
+def state_of(store: Store, study_uid: str) -> str | None:
+    rows = store.query("SELECT state FROM studies WHERE study_uid=?", (study_uid,))
+    return str(rows[0][0]) if rows else None
+
+
+def counts(store: Store) -> dict[str, int]:
+    """Studies per state."""
+    return {str(s): int(n) for s, n in store.query("SELECT state, COUNT(*) FROM studies GROUP BY state")}
+
+
+def claim_pull(store: Store, study_uid: str, owner: str) -> None:
+    """A request is pulling this study: the idle timer must not complete it; the puller will."""
+    with store.transaction() as db:
+        db.execute("INSERT OR IGNORE INTO pulls(study_uid, owner) VALUES (?,?)", (study_uid, owner))
+
+
+def release_pull(store: Store, study_uid: str, owner: str) -> None:
+    with store.transaction() as db:
+        db.execute("DELETE FROM pulls WHERE study_uid=? AND owner=?", (study_uid, owner))
