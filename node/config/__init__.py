@@ -1,437 +1,52 @@
-"""Load, validate and type etc/node.yaml: every problem reported at once with its location."""
-
-from __future__ import annotations
-
-import copy
-import ipaddress
-import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import jsonschema
-import yaml
-
-from node.dicom.validators import ae_title_problem
-
-SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
-DEFAULT_CONFIG = Path("etc/node.yaml")
-ENV_PREFIX = "DICOMNODE__"
-MAX_CONFIG_BYTES = 1_000_000
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; `problems` lists every problem with its location."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-    def __str__(self) -> str:
-        lines = [f"Invalid configuration {self.source} ({len(self.problems)} problem(s)):"]
-        lines += [f"  {p}" for p in self.problems]
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    enabled: bool = False
-    certificate: Path | None = None
-    private_key: Path | None = None
-    ca_file: Path | None = None
-    require_client_certificate: bool = False
-
-
-@dataclass(frozen=True)
-class NodeSection:
-    ae_title: str
-    bind: str
-    port: int
-    max_associations: int
-    max_pending_connections: int
-    max_pdu: int
-    acse_timeout_s: float
-    dimse_timeout_s: float
-    network_timeout_s: float
-    drain_timeout_s: float
-    tls: TlsConfig
-
-
-@dataclass(frozen=True)
-class SecurityConfig:
-    allowed_calling_aes: tuple[str, ...] = ()
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    check_called_ae: bool = True
-
-
-@dataclass(frozen=True)
-class Paths:
-    inbox: Path
-    outbox: Path
-    var: Path
-
-    @property
-    def store(self) -> Path:
-        return self.var / "store"
-
-    @property
-    def tmp(self) -> Path:
-        return self.var / "tmp"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.var / "quarantine"
-
-    @property
-    def conflicts(self) -> Path:
-        return self.var / "conflicts"
-
-    @property
-    def database(self) -> Path:
-        return self.var / "node.db"
-
-
-@dataclass(frozen=True)
-class TimeWindow:
-    start: str  # "HH:MM" local time
-    end: str  # "HH:MM"; earlier than start means the next day
-    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    max_associations: int = 2
-    max_moves: int = 1
-    retrieve: str = "move"
-    timeout_s: float = 60.0
-    dimse_timeout_s: float = 600.0
-    windows: tuple[TimeWindow, ...] = ()
-
-
-@dataclass(frozen=True)
-class RequestsConfig:
-    rescan_interval_s: float = 30.0
-    settle_s: float = 2.0
-    max_file_bytes: int = 1_048_576
-    max_attempts: int = 8
-    backoff_base_s: float = 30.0
-    backoff_max_s: float = 3600.0
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    disk_high_water_pct: float = 95.0
-    disk_low_water_pct: float = 90.0
-    disk_check_interval_s: float = 2.0
-
-
-@dataclass(frozen=True)
-class CompletionSection:
-    stable_age_s: float = 60.0
-    max_wait_s: float = 3600.0
-    on_max_wait: str = "process"
-    check_interval_s: float = 1.0
-
-
-@dataclass(frozen=True)
-class ProcessingConfig:
-    workers: int = 1
-    outputs: tuple[str, ...] = ("excel", "nifti")
-    folder_template: str = "<PatientID>_<StudyDate>_<AccessionNumber>"
-    templates_dir: Path | None = None
-    mr_clean_config: Path | None = None
-    rescan_interval_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class ImportConfig:
-    enabled: bool = True
-    settle_s: float = 5.0
-    rescan_interval_s: float = 30.0
-    delete_imported: bool = False
-    max_file_bytes: int = 4 << 30
-    zip_max_total_bytes: int = 100 << 30
-    zip_max_members: int = 200_000
-    zip_max_ratio: float = 200.0
-    zip_ratio_floor_bytes: int = 1 << 20
-
-
-@dataclass(frozen=True)
-class RetentionConfig:
-    store: str = "keep"
-    store_days: float = 30.0
-    outbox_max_gb: float | None = None
-    outbox_max_age_days: float | None = None
-    interval_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    enabled: bool = True
-    bind: str = "127.0.0.1"
-    port: int = 9112
-    allow_remote: bool = False
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "INFO"
-    pynetdicom_level: str = "WARNING"
-
-
-@dataclass(frozen=True)
-class Config:
-    """The validated, typed configuration; `effective` is the plain dict with defaults filled in."""
-
-    source: str
-    node: NodeSection
-    security: SecurityConfig
-    paths: Paths
-    peers: dict[str, PeerConfig]
-    storage: StorageConfig
-    requests: RequestsConfig
-    completion: CompletionSection
-    processing: ProcessingConfig
-    nifti: dict[str, Any]
-    imports: ImportConfig  # the `import:` section (`import` is a Python keyword)
-    retention: RetentionConfig
-    health: HealthConfig
-    logging: LoggingConfig
-    effective: dict[str, Any] = field(repr=False)
-
-    @property
-    def default_peer(self) -> PeerConfig:
-        """The first peer in the file: the default for requests that name none."""
-        return next(iter(self.peers.values()))
-
-
-def _schema() -> dict[str, Any]:
-    with SCHEMA_PATH.open(encoding="utf-8") as fh:
-        loaded: dict[str, Any] = yaml.safe_load(fh)
-    return loaded
-
-
-def _location(path: Iterator[Any] | Any) -> str:
-    parts = [str(p) for p in path]
-    return ".".join(parts) if parts else "<top level>"
-
-
-def _apply_defaults(schema: Mapping[str, Any], data: Any) -> None:
-    """Fill schema defaults into data in place (objects only), recursing into known properties."""
-    if not isinstance(data, dict) or schema.get("type") != "object":
-        return
-    for key, sub in schema.get("properties", {}).items():
-        if key not in data and "default" in sub:
-            data[key] = copy.deepcopy(sub["default"])
-        if key in data:
-            _apply_defaults(sub, data[key])
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key, value in data.items():
-            if key not in schema.get("properties", {}):
-                _apply_defaults(extra, value)
-
-
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Apply DICOMNODE__SECTION__KEY=value overrides (values parsed as YAML scalars); return what changed."""
-    applied = []
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
-        if not keys:
-            continue
-        target = data
-        for key in keys[:-1]:
-            node = target.setdefault(key, {})
-            if not isinstance(node, dict):
-                break
-            target = node
-        else:
-            target[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
-            applied.append(".".join(keys))
-    return applied
-
-
-def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
-    problems = []
-    node = data.get("node", {})
-    if isinstance(node.get("ae_title"), str) and (p := ae_title_problem(node["ae_title"])):
-        problems.append(f"At 'node.ae_title': {p}")
-    for i, ae in enumerate(data.get("security", {}).get("allowed_calling_aes", [])):
-        if isinstance(ae, str) and (p := ae_title_problem(ae)):
-            problems.append(f"At 'security.allowed_calling_aes[{i}]': {p}")
-    for i, host in enumerate(data.get("security", {}).get("allowed_hosts", [])):
-        try:
-            ipaddress.ip_network(str(host), strict=False)
-        except ValueError:
-            problems.append(f"At 'security.allowed_hosts[{i}]': {host!r} is not an IP address or CIDR network")
-    for name, peer in (data.get("peers") or {}).items():
-        if isinstance(peer, dict) and isinstance(peer.get("ae_title"), str) and (p := ae_title_problem(peer["ae_title"])):
-            problems.append(f"At 'peers.{name}.ae_title': {p}")
-    storage = data.get("storage", {})
-    high, low = storage.get("disk_high_water_pct"), storage.get("disk_low_water_pct")
-    if isinstance(high, int | float) and isinstance(low, int | float) and low > high:
-        problems.append(f"At 'storage.disk_low_water_pct': {low} is above disk_high_water_pct {high}")
-    tls = node.get("tls", {}) if isinstance(node, dict) else {}
-    if isinstance(tls, dict) and tls.get("enabled"):
-        for key in ("certificate", "private_key"):
-            if not tls.get(key):
-                problems.append(f"At 'node.tls.{key}': required when TLS is enabled")
-    return problems
-
-
-def validate(data: Any, source: str = "<config>") -> dict[str, Any]:
-    """Validate a parsed config mapping; return it with defaults filled in or raise ConfigError with all problems."""
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"At '<top level>': expected a mapping of sections, got {type(data).__name__}"])
-    schema = _schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = [
-        f"At '{_location(err.absolute_path)}': {err.message}"
-        for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    ]
-    if problems:
-        raise ConfigError(source, problems)
-    effective = copy.deepcopy(data)
-    _apply_defaults(schema, effective)
-    problems = _semantic_problems(effective)
-    if problems:
-        raise ConfigError(source, problems)
-    return effective
-
-
-def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
-    n = effective["node"]
-    tls = n["tls"]
-
-    def opt_path(value: str | None) -> Path | None:
-        return (base / value) if value else None
-
-    node = NodeSection(
-        ae_title=n["ae_title"],
-        bind=n["bind"],
-        port=n["port"],
-        max_associations=n["max_associations"],
-        max_pending_connections=n["max_pending_connections"],
-        max_pdu=n["max_pdu"],
-        acse_timeout_s=float(n["acse_timeout_s"]),
-        dimse_timeout_s=float(n["dimse_timeout_s"]),
-        network_timeout_s=float(n["network_timeout_s"]),
-        drain_timeout_s=float(n["drain_timeout_s"]),
-        tls=TlsConfig(
-            enabled=tls["enabled"],
-            certificate=opt_path(tls["certificate"]),
-            private_key=opt_path(tls["private_key"]),
-            ca_file=opt_path(tls["ca_file"]),
-            require_client_certificate=tls["require_client_certificate"],
-        ),
-    )
-    sec = effective["security"]
-    security = SecurityConfig(
-        allowed_calling_aes=tuple(a.strip() for a in sec["allowed_calling_aes"]),
-        allowed_networks=tuple(ipaddress.ip_network(h, strict=False) for h in sec["allowed_hosts"]),
-        check_called_ae=sec["check_called_ae"],
-    )
-    p = effective["paths"]
-    paths = Paths(inbox=base / p["inbox"], outbox=base / p["outbox"], var=base / p["var"])
-    peers = {
-        name: PeerConfig(
-            name=name,
-            ae_title=v["ae_title"],
-            host=v["host"],
-            port=v["port"],
-            max_associations=v["max_associations"],
-            max_moves=v["max_moves"],
-            retrieve=v["retrieve"],
-            timeout_s=float(v["timeout_s"]),
-            dimse_timeout_s=float(v["dimse_timeout_s"]),
-            windows=tuple(
-                TimeWindow(w["start"], w["end"], tuple(w.get("days", TimeWindow.days))) for w in v["windows"]
-            ),
-        )
-        for name, v in effective["peers"].items()
-    }
-    s = effective["storage"]
-    storage = StorageConfig(
-        disk_high_water_pct=float(s["disk_high_water_pct"]),
-        disk_low_water_pct=float(s["disk_low_water_pct"]),
-        disk_check_interval_s=float(s["disk_check_interval_s"]),
-    )
-    lg = effective["logging"]
-    pr = effective["processing"]
-    return Config(
-        source=source,
-        node=node,
-        security=security,
-        paths=paths,
-        peers=peers,
-        storage=storage,
-        requests=RequestsConfig(**effective["requests"]),
-        completion=CompletionSection(**{k: v for k, v in effective["completion"].items()}),
-        processing=ProcessingConfig(
-            workers=pr["workers"],
-            outputs=tuple(pr["outputs"]),
-            folder_template=pr["folder_template"],
-            templates_dir=opt_path(pr["templates_dir"]),
-            mr_clean_config=opt_path(pr["mr_clean_config"]),
-            rescan_interval_s=float(pr["rescan_interval_s"]),
-        ),
-        nifti=dict(effective["nifti"]),
-        imports=ImportConfig(**effective["import"]),
-        retention=RetentionConfig(**effective["retention"]),
-        health=HealthConfig(**effective["health"]),
-        logging=LoggingConfig(level=lg["level"], pynetdicom_level=lg["pynetdicom_level"]),
-        effective=effective,
-    )
-
-
-def parse(text: str, source: str = "<config>", environ: Mapping[str, str] | None = None, base: Path | None = None) -> Config:
-    """Parse YAML text into a Config (env overrides applied); raise ConfigError listing every problem."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
-        raise ConfigError(source, [f"At {where}: YAML syntax error: {getattr(exc, 'problem', exc)}"]) from None
-    if data is None:
-        data = {}
-    if isinstance(data, dict) and environ is not None:
-        apply_env_overrides(data, environ)
-    effective = validate(data, source)
-    return _typed(effective, source, base if base is not None else Path.cwd())
-
-
-def load(path: Path | str = DEFAULT_CONFIG, environ: Mapping[str, str] | None = None) -> Config:
-    """Load and validate a config file; relative paths inside resolve against the working directory."""
-    path = Path(path)
-    source = str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(source, [f"At '<file>': {size} bytes is larger than the {MAX_CONFIG_BYTES} byte limit"])
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(source, ["At '<file>': file not found"]) from None
-    except IsADirectoryError:
-        raise ConfigError(source, ["At '<file>': is a directory, not a file"]) from None
-    except PermissionError:
-        raise ConfigError(source, ["At '<file>': permission denied"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, [f"At byte {exc.start}: not UTF-8 text"]) from None
-    if "\x00" in text:
-        raise ConfigError(source, ["At '<file>': contains NUL bytes (binary file?)"])
-    return parse(text, source, os.environ if environ is None else environ)
-
-
-def dump(config: Config) -> str:
-    """The effective configuration as YAML, for check-config and the start-up log."""
-    return yaml.safe_dump(config.effective, sort_keys=False, allow_unicode=True)
+"""The node's configuration: one schema (schema.yaml), one loader (load.py), typed sections (model.py)."""
+
+from node.config.load import DEFAULT_CONFIG, ENV_PREFIX, MAX_CONFIG_BYTES, apply_env_overrides, dump, load, parse, validate
+from node.config.model import (
+    SCHEMA,
+    CompletionSection,
+    Config,
+    ConfigError,
+    HealthConfig,
+    ImportConfig,
+    LoggingConfig,
+    NiftiOptions,
+    NodeSection,
+    Paths,
+    PeerConfig,
+    ProcessingConfig,
+    RequestsConfig,
+    RetentionConfig,
+    SecurityConfig,
+    StorageConfig,
+    TimeWindow,
+    TlsConfig,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "ENV_PREFIX",
+    "MAX_CONFIG_BYTES",
+    "SCHEMA",
+    "CompletionSection",
+    "Config",
+    "ConfigError",
+    "HealthConfig",
+    "ImportConfig",
+    "LoggingConfig",
+    "NiftiOptions",
+    "NodeSection",
+    "Paths",
+    "PeerConfig",
+    "ProcessingConfig",
+    "RequestsConfig",
+    "RetentionConfig",
+    "SecurityConfig",
+    "StorageConfig",
+    "TimeWindow",
+    "TlsConfig",
+    "apply_env_overrides",
+    "dump",
+    "load",
+    "parse",
+    "validate",
+]

@@ -22,7 +22,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from node import __version__
 from node.background import start_observer, stop_observer
-from node.config import Config
+from node.config import Config, NiftiOptions
 from node.dicom.validators import is_valid_uid
 from node.ops.metrics import Metrics
 from node.process import completion
@@ -50,7 +50,7 @@ class StudyJob:
     outbox_dir: str
     folder: str
     outputs: tuple[str, ...]
-    nifti_options: dict[str, Any] = field(default_factory=dict)
+    nifti_options: NiftiOptions = field(default_factory=NiftiOptions)
     templates_dir: str | None = None
     mr_clean_config: str | None = None
 
@@ -122,9 +122,9 @@ def run_job(job: StudyJob) -> JobResult:
         outcomes: dict[str, Any] = {}
         if "nifti" in job.outputs:
             try:
-                from node.process.nifti.convert import NiftiOptions, convert_study
+                from node.process.nifti.convert import convert_study
 
-                outcomes = convert_study(series, staged / "nifti", NiftiOptions(**job.nifti_options))
+                outcomes = convert_study(series, staged / "nifti", job.nifti_options)
             except Exception as exc:
                 errors.append(f"nifti: {type(exc).__name__}: {exc}")
                 log.exception("NIfTI conversion failed for study %s", job.study_uid)
@@ -346,7 +346,7 @@ class Processor:
             outbox_dir=str(self.config.paths.outbox),
             folder=folder,
             outputs=self._outputs_for(study_uid),
-            nifti_options=dict(self.config.nifti),
+            nifti_options=self.config.nifti,
             templates_dir=str(p.templates_dir) if p.templates_dir else None,
             mr_clean_config=str(p.mr_clean_config) if p.mr_clean_config else None,
         )

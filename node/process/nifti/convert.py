@@ -8,13 +8,13 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
+from node.config.model import NiftiOptions
 from node.process.naming import slug, unique_name
 from node.process.nifti import sidecar
 from node.process.nifti.volumes import (
@@ -39,45 +39,6 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 _TEMPLATE_FIELD = re.compile(r"<([A-Za-z0-9]+)>")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-@dataclass(frozen=True)
-class NiftiOptions:
-    """How series become NIfTI files (mapped from the `nifti:` section of etc/node.yaml; see docs/nifti.md)."""
-
-    name_template: str = "<SeriesNumber>_<SeriesDescription>"
-    on_geometry_error: Literal["skip", "write_with_warning"] = "skip"
-    localizer: Literal["skip", "per_plane"] = "skip"
-    single_slice: Literal["write_2d", "skip"] = "write_2d"
-    projection: Literal["write_2d", "skip"] = "write_2d"
-    resample_tilt: bool = False
-    npz: bool = False
-    compress: bool = True
-    compression_level: int = -1
-    sidecar: bool = True
-    max_name_len: int = 64
-    position_tolerance_mm: float = 0.01
-    spacing_tolerance: float = 0.01
-
-    def __post_init__(self) -> None:
-        choices = {
-            "on_geometry_error": ("skip", "write_with_warning"),
-            "localizer": ("skip", "per_plane"),
-            "single_slice": ("write_2d", "skip"),
-            "projection": ("write_2d", "skip"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"nifti.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for keyword in _TEMPLATE_FIELD.findall(self.name_template):
-            if tag_for_keyword(keyword) is None:
-                raise ValueError(f"nifti.name_template: <{keyword}> is not a DICOM keyword")
-        if not 8 <= self.max_name_len <= 200:
-            raise ValueError(f"nifti.max_name_len: {self.max_name_len} is outside 8..200")
-        if not (self.compression_level == -1 or 1 <= self.compression_level <= 9):
-            raise ValueError(f"nifti.compression_level: {self.compression_level} is not -1 or 1..9")
-        if self.position_tolerance_mm <= 0 or self.spacing_tolerance <= 0:
-            raise ValueError("nifti tolerances must be positive")
 
 
 def render_name(template: str, ds: pydicom.Dataset) -> str:

@@ -164,3 +164,33 @@ def test_check_config_on_a_bad_file_exits_two_and_names_the_location(tmp_path, c
 def test_echo_to_an_unknown_peer_is_a_config_error(capsys):
     assert main(["--config", str(SHIPPED), "echo", "nosuchpeer"]) == 2
     assert "Unknown peer 'nosuchpeer'" in capsys.readouterr().err
+
+
+def test_a_broken_tag_template_and_broken_mr_clean_rules_fail_check_config_with_both_locations(tmp_path, capsys):
+    templates = tmp_path / "tags"
+    templates.mkdir()
+    (templates / "default.json").write_text('{"modality": "*", "attributes": [{"tag": "NotAKeyword"}]}')
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"version": 1}')
+    data = shipped()
+    data["processing"] = {"templates_dir": str(templates), "mr_clean_config": str(rules)}
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(path), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "At 'processing.templates_dir':" in err
+    assert "At 'processing.mr_clean_config':" in err
+
+
+def test_a_nifti_name_template_with_an_unknown_keyword_is_refused_when_the_config_loads():
+    data = shipped()
+    data["nifti"] = {"name_template": "<SeriesNumber>_<NoSuchKeyword>"}
+    assert problems_of(data) == ["At 'nifti': nifti.name_template: <NoSuchKeyword> is not a DICOM keyword"]
+
+
+def test_the_nifti_section_is_typed_with_the_schema_defaults():
+    cfg = config_mod.parse(yaml.safe_dump({**shipped(), "nifti": {"compress": False}}), source="t", environ={})
+    assert isinstance(cfg.nifti, config_mod.NiftiOptions)
+    assert cfg.nifti.compress is False
+    assert cfg.nifti.max_name_len == config_mod.SCHEMA["properties"]["nifti"]["properties"]["max_name_len"]["default"]
+    assert config_mod.NiftiOptions() == config_mod.parse(yaml.safe_dump(shipped()), source="t", environ={}).nifti
