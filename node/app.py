@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +11,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from node import adapters
 from node import config as config_mod
+from node.background import Loop
 from node.config import Config, ConfigError
 from node.ops.health import HealthServer, Heartbeat, combine_checks
 from node.ops.metrics import Metrics
@@ -54,8 +55,9 @@ class Node:
         # Watch-folder import and retention (issue 4): imports go through the same store path as C-STOREs.
         self.importer = Importer(self.store, config.paths.inbox, config.imports, disk_ok=lambda: not self.disk_guard.tripped())
         self.retention = Retention(self.store, config.paths.outbox, config.retention)
-        self._housekeeping_stop = threading.Event()
-        self._housekeeping: threading.Thread | None = None
+        # Completion decisions every check interval (the processor watches their markers itself).
+        self._housekeeping = Loop("housekeeping", self._housekeep, lambda: self.config.completion.check_interval_s, log,
+                                  first_wait=True)
         self._started = False
 
     def start(self) -> tuple[str, int]:
@@ -75,19 +77,12 @@ class Node:
         if self.config.imports.enabled:
             self.importer.start()
         self.retention.start()
-        self._housekeeping_stop.clear()
-        self._housekeeping = threading.Thread(target=self._housekeep, name="housekeeping", daemon=True)
         self._housekeeping.start()
         self.metrics.set("dicomnode_up", 1.0)
         return address
 
     def _housekeep(self) -> None:
-        """Completion decisions every check interval (the processor watches their markers itself)."""
-        while not self._housekeeping_stop.wait(self.config.completion.check_interval_s):
-            try:
-                self.completion.tick()
-            except Exception:  # housekeeping must outlive a bad pass; the next one retries
-                log.exception("Housekeeping pass failed")
+        self.completion.tick()
 
     def reload(self, new: Config) -> list[str]:
         """Apply a new config without dropping associations; return the keys that need a restart to change."""
@@ -124,9 +119,7 @@ class Node:
         self.scp.stop(drain_timeout)
         self.importer.stop()  # between two members; an interrupted item is imported again at the next start
         self.retention.stop()
-        self._housekeeping_stop.set()
-        if self._housekeeping is not None:
-            self._housekeeping.join(timeout=30)
+        self._housekeeping.stop()
         self.processor.stop(self.config.node.drain_timeout_s if drain_timeout is None else drain_timeout)
         if self.health is not None:
             self.health.stop()
@@ -163,9 +156,7 @@ def run(
         for sig, handler in ((signal.SIGTERM, on_term), (signal.SIGINT, on_term), (signal.SIGHUP, on_hup)):
             previous[sig] = signal.signal(sig, handler)
     notifier = Notifier.from_env()
-    # Network threads wait on sockets; a shorter GIL switch interval lets them answer a peer (and its Nagle
-    # algorithm) within a millisecond instead of 5 ms while a worker thread computes.
-    sys.setswitchinterval(0.001)
+    adapters.tune_interpreter()
     node = Node(config)
     try:
         host, port = node.start()

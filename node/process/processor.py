@@ -20,8 +20,8 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from node import __version__
-from node.background import start_observer, stop_observer
+from node import __version__, adapters
+from node.background import Loop, start_observer, stop_observer
 from node.config import Config, NiftiOptions
 from node.dicom.validators import is_valid_uid
 from node.ops.metrics import Metrics
@@ -229,9 +229,7 @@ class Processor:
         self._running: dict[str, cf.Future[JobResult]] = {}
         self._observer: Any = None
         self._pool: cf.ProcessPoolExecutor | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._dispatcher: threading.Thread | None = None
+        self._loop = Loop("processor", self._dispatch_pass, lambda: self.config.processing.rescan_interval_s, log)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -245,23 +243,15 @@ class Processor:
         # Start the workers now, so the first study does not pay for spawning and importing the stack.
         for _ in range(self.config.processing.workers):
             self._pool.submit(_warm)
-        self._stop.clear()
         self._observer = start_observer(self.ready, _ReadyHandler(self))
-        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="processor", daemon=True)
-        self._dispatcher.start()
+        self._loop.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    def _dispatch_loop(self) -> None:
+    def _dispatch_pass(self) -> None:
         """Look at the ready markers when watchdog says one appeared, and every rescan interval regardless."""
-        while not self._stop.is_set():
-            try:
-                self.rescan()
-            except Exception:  # the next pass retries; a bad marker must not end dispatching
-                log.exception("Dispatching ready studies failed")
-            self._wake.wait(self.config.processing.rescan_interval_s)
-            self._wake.clear()
+        self.rescan()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work; running jobs get `timeout` seconds to publish, then their workers are killed.
@@ -271,11 +261,7 @@ class Processor:
         """
         stop_observer(self._observer)
         self._observer = None
-        self._stop.set()
-        self._wake.set()
-        if self._dispatcher is not None:
-            self._dispatcher.join(timeout=30)
-            self._dispatcher = None
+        self._loop.stop()
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -285,8 +271,7 @@ class Processor:
         _done, pending = cf.wait(running, timeout=timeout)
         if pending:
             log.warning("Stopping with %d study job(s) still running: their workers are terminated", len(pending))
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
+            adapters.terminate_workers(pool)
         pool.shutdown(wait=True)
 
     def busy(self) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from node.background import start_observer, stop_observer
+from node.background import Loop, start_observer, stop_observer
 from node.config import Config
 from node.pull import requests as requests_mod
 from node.pull.requests import RequestError
@@ -177,15 +177,15 @@ class Inbox:
         self.status_dir = config.paths.outbox / "requests"
         for folder in (self.root, self.root / ACTIVE, self.root / DONE, self.root / FAILED_DIR, self.status_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._loop = Loop("inbox", self._pass, lambda: 1.0, log)
+        self._next_rescan = 0.0
+        self._next_refresh = 0.0
         self._pending: set[Path] = set()
         self._renamed: set[Path] = set()
         self._lock = threading.Lock()
         self._files_lock = threading.RLock()
         self._last_status: dict[int, str] = {}
         self._warned: set[str] = set()
-        self._thread: threading.Thread | None = None
         self._observer: Any = None
         scheduler.on_change = self.request_changed
 
@@ -193,20 +193,15 @@ class Inbox:
 
     def start(self) -> None:
         """Rescan at once (events may have been missed while stopped), then watch."""
-        self._stop.clear()
+        self._next_rescan = self._next_refresh = 0.0
         self._observer = start_observer(self.root, _Events(self))
-        self._thread = threading.Thread(target=self._loop, name="inbox", daemon=True)
-        self._thread.start()
+        self._loop.start()
         log.info("Watching %s for request files", self.root)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
         stop_observer(self._observer)
         self._observer = None
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._loop.stop()
 
     def reload(self, config: Config) -> None:
         self.config = config
@@ -218,27 +213,19 @@ class Inbox:
             self._pending.add(path)
             if renamed:
                 self._renamed.add(path)
-        self._wake.set()
+        self._loop.wake()
 
-    def _loop(self) -> None:
-        next_rescan = 0.0
-        next_refresh = 0.0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if now >= next_rescan:
-                    self.rescan()
-                    next_rescan = now + self.config.requests.rescan_interval_s
-                wait_for = self.process_pending()
-                if now >= next_refresh:
-                    self.refresh_open()
-                    next_refresh = now + STATUS_REFRESH_S
-            except Exception:
-                log.exception("Inbox pass failed; retrying at the next pass")
-                wait_for = 1.0
-            timeout = min(next_rescan - time.monotonic(), next_refresh - time.monotonic(), wait_for)
-            self._wake.wait(max(0.05, timeout))
-            self._wake.clear()
+    def _pass(self) -> float:
+        """Pick up pending files; rescan and refresh status files when their time has come; return the next wait."""
+        now = time.monotonic()
+        if now >= self._next_rescan:
+            self.rescan()
+            self._next_rescan = now + self.config.requests.rescan_interval_s
+        wait_for = self.process_pending()
+        if now >= self._next_refresh:
+            self.refresh_open()
+            self._next_refresh = now + STATUS_REFRESH_S
+        return min(self._next_rescan - time.monotonic(), self._next_refresh - time.monotonic(), wait_for)
 
     # ------------------------------------------------------------------ pick-up
 

@@ -37,7 +37,7 @@ from pydicom.uid import (
 )
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from node.background import start_observer, stop_observer
+from node.background import Loop, start_observer, stop_observer
 from node.config import ImportConfig
 from node.dicom import reader
 from node.dicom.validators import uid_problem
@@ -252,9 +252,7 @@ class Importer:
         # Items imported but that could not be moved away (permissions): not imported again until they change.
         self._stuck: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("importer", self._pass, lambda: self.config.rescan_interval_s, log)
         self._observer: Any = None
         self._disk_logged = False
 
@@ -263,24 +261,19 @@ class Importer:
     def start(self) -> None:
         for folder in (self.folder, self.done, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
-        self._stop.clear()
         self._observer = start_observer(self.folder, _Handler(self))
-        self._thread = threading.Thread(target=self._run, name="importer", daemon=True)
-        self._thread.start()
+        self._loop.start()
         log.info("Watching %s for DICOM files, folders and zip archives to import", self.folder)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop between two members; an interrupted item stays in place and is imported again at the next start."""
-        self._stop.set()
-        self._wake.set()
+        self._loop.stopping.set()  # an import in progress stops between two members
         stop_observer(self._observer)
         self._observer = None
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-            self._thread = None
+        self._loop.stop(timeout)
 
     def poke(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     def renamed_in(self, path: Path) -> None:
         """An item renamed into the folder is complete: import it without waiting for it to settle."""
@@ -288,17 +281,12 @@ class Importer:
             with self._lock:
                 self._renamed.add(path.name)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.scan_once()
-            except Exception:  # the watcher must outlive one bad pass; the next pass retries
-                log.exception("Import pass failed")
-            with self._lock:
-                waiting = bool(self._pending)
-            poll = max(0.2, min(1.0, self.config.settle_s / 2)) if waiting else self.config.rescan_interval_s
-            self._wake.wait(poll)
-            self._wake.clear()
+    def _pass(self) -> float:
+        """One scan; soon again while items are settling, else at the rescan interval."""
+        self.scan_once()
+        with self._lock:
+            waiting = bool(self._pending)
+        return max(0.2, min(1.0, self.config.settle_s / 2)) if waiting else self.config.rescan_interval_s
 
     # ------------------------------------------------------------ scanning
 
@@ -315,7 +303,7 @@ class Importer:
             for name in set(self._stuck) - present:
                 del self._stuck[name]
         for path in entries:
-            if self._stop.is_set():
+            if self._loop.stopping.is_set():
                 break
             if not self._ready(path, time.monotonic() if now is None else now):
                 continue
@@ -399,7 +387,7 @@ class Importer:
         return report
 
     def _check_stop(self) -> None:
-        if self._stop.is_set():
+        if self._loop.stopping.is_set():
             raise _Stopped
         if not self.disk_ok():
             raise _DiskFull

@@ -10,18 +10,18 @@ import socket
 import socketserver
 import ssl
 import struct
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from node import adapters
 from node.config import Config
 from node.ops.metrics import Metrics
 from node.receive import fastpath
@@ -30,10 +30,6 @@ from node.store.store import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, Origin, St
 
 log = logging.getLogger(__name__)
 
-# Stream datasets to a temp file instead of memory, whatever their size.
-_config.STORE_RECV_CHUNKED_DATASET = True
-# We log our own events; pynetdicom's per-message logging would flood the journal.
-_config.LOG_HANDLER_LEVEL = "none"
 
 # Uncompressed and the common compressed syntaxes. Deflated Explicit VR LE is deliberately absent:
 # it can inflate without bound (a "deflate bomb") and no modality needs it.
@@ -218,10 +214,7 @@ class StorageSCP:
 
     def start(self) -> tuple[str, int]:
         """Bind and start serving in a background thread; returns the bound (host, port)."""
-        # pynetdicom writes chunked datasets with NamedTemporaryFile(): keep them on the store's filesystem
-        # so the durable move into place is a rename, not a copy.
-        tempfile.tempdir = str(self.config.paths.tmp)
-        fastpath.install()
+        adapters.prepare_pynetdicom(self.config.paths.tmp)
         scp = self
 
         class Handler(NodeRequestHandler):
@@ -243,7 +236,7 @@ class StorageSCP:
             request_handler=Handler,
         )
         server.daemon_threads = True
-        self.ae._servers.append(server)
+        adapters.register_server(self.ae, server)
         self._server = server
         self._accepting.set()
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="scp-accept")
@@ -280,8 +273,7 @@ class StorageSCP:
         for assoc in remaining:
             log.warning("Aborting association from %s still running after %.0fs drain", assoc.requestor.ae_title, timeout)
             assoc.abort()
-        if server in self.ae._servers:
-            self.ae._servers.remove(server)
+        adapters.unregister_server(self.ae, server)
         self._server = None
         log.info("Storage SCP stopped (%d association(s) aborted after drain)", len(remaining))
 

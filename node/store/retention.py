@@ -8,12 +8,12 @@ import os
 import secrets
 import shutil
 import stat
-import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from node.background import Loop
 from node.config import RetentionConfig
 from node.store.state import StudyState
 from node.store.store import Store
@@ -56,26 +56,16 @@ class Retention:
         self.store = store
         self.outbox = outbox
         self.config = config
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("retention", self._pass, lambda: self.config.interval_s, log, first_wait=True)
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-            self._thread = None
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.interval_s):
-            try:
-                self.run_once()
-            except Exception:  # retention must outlive one bad pass; the next one retries
-                log.exception("Retention pass failed")
+    def _pass(self) -> None:
+        self.run_once()
 
     def run_once(self, now: float | None = None) -> RetentionResult:
         """One pass: purge the store per `retention.store`, then trim the outbox per its caps."""
