@@ -12,7 +12,7 @@ from pathlib import Path
 from node import config as config_mod
 from node.config import Config, ConfigError
 
-log = logging.getLogger("dicom-node")
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     echo = sub.add_parser("echo", help="C-ECHO a configured peer and report the round-trip")
     echo.add_argument("peer", help="peer name from the peers section")
     echo.add_argument("--timeout", type=float, default=10.0)
-    # Requests (issue 3): query a peer, write a request file, show what the database says.
+    # Requests: query a peer, write a request file, show what the database says.
     find = sub.add_parser("find", help="STUDY-level C-FIND on a peer; prints the matching studies")
     find.add_argument("peer", help="peer name from the peers section")
     key = find.add_mutually_exclusive_group(required=True)

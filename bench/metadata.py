@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from bench.report import report
-from node.process.workbook.metadata import build_workbook, load_templates, scan_headers
+from node.process.workbook.metadata import build_workbook, load_templates
+from node.process.workbook.scan import scan_headers
 from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
 
 

@@ -44,15 +44,15 @@ class Node:
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.metrics = Metrics()
         self.scp = StorageSCP(config, self.store, self.disk_guard, self.metrics)
-        # Requests (issue 3): the scheduler pulls from peers, the inbox feeds it and writes status files.
-        self.scheduler = Scheduler(config, self.store)
+        # Requests: the scheduler pulls from peers, the inbox feeds it and writes status files.
+        self.scheduler = Scheduler(config, self.store, metrics=self.metrics)
         self.inbox = Inbox(config, self.store, self.scheduler)
-        self.metrics.add_collector(NodeGauges(self))
+        self.metrics.add_collector(NodeGauges(self.scp, self.disk_guard, self.store, self.scheduler))
         self.heartbeat = Heartbeat("main_loop", max_age_s=30)
         self.health: HealthServer | None = None
         self.completion = CompletionMonitor(self.store, completion_config(config))
         self.processor = Processor(config, self.store, self.metrics)
-        # Watch-folder import and retention (issue 4): imports go through the same store path as C-STOREs.
+        # Watch-folder import and retention: imports go through the same store path as C-STOREs.
         self.importer = Importer(self.store, config.paths.inbox, config.imports, disk_ok=lambda: not self.disk_guard.tripped())
         self.retention = Retention(self.store, config.paths.outbox, config.retention)
         # Completion decisions every check interval (the processor watches their markers itself).
@@ -69,7 +69,7 @@ class Node:
         self.heartbeat.beat()
         h = self.config.health
         if h.enabled:
-            checks = combine_checks(health_checks(self, self.heartbeat))
+            checks = combine_checks(health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat))
             self.health = HealthServer(h.bind, h.port, checks, self.metrics, allow_remote=h.allow_remote)
             self.health.start()
             log.info("Health and metrics on http://%s:%d/healthz and /metrics", h.bind, self.health.port)

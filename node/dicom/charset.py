@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pydicom.charset import TEXT_VR_DELIMS, decode_bytes, python_encoding
 from pydicom.valuerep import PersonName
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ESC = 0x1B
 

@@ -80,6 +80,19 @@ def slice_normal(iop: Sequence[object] | None) -> tuple[float, float, float] | N
     return (n[0] / norm, n[1] / norm, n[2] / norm)
 
 
+def planes(iops: Iterable[Sequence[object] | None]) -> list[tuple[tuple[float, float, float], int]]:
+    """The distinct slice planes of a series (normals equal to 0.01) with their image counts."""
+    counts: dict[tuple[float, ...], int] = {}
+    normals: dict[tuple[float, ...], tuple[float, float, float]] = {}
+    for iop in iops:
+        n = slice_normal(iop)
+        if n is not None:
+            key = tuple(round(v, 2) for v in n)
+            counts[key] = counts.get(key, 0) + 1
+            normals.setdefault(key, n)
+    return [(normals[k], c) for k, c in counts.items()]
+
+
 def orientation(iop: Sequence[object] | None, vocab: Vocabulary = DEFAULT) -> tuple[Orientation, str]:
     """AX/SAG/COR from the dominant axis of the slice normal; OBL when it is below the threshold."""
     n = slice_normal(iop)

@@ -39,7 +39,7 @@ __all__ = [
     "records_from_frame",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("SeriesInstanceUID", "StudyInstanceUID", "SeriesNumber", "SeriesDescription", "ProtocolName")
 FEATURE_COLUMNS = (
@@ -113,5 +113,5 @@ def process_mri_dataframe(
     out["SeriesNumber"] = out["SeriesNumber"].astype("Int64")
     for col in ("isFatSuppressed", "hasMotionCorrection", "isContrastEnhanced"):
         out[col] = out[col].astype(bool)
-    logger.debug("mr_clean: %d rows -> %d MR series", len(df), len(out))
+    log.debug("mr_clean: %d rows -> %d MR series", len(df), len(out))
     return out

@@ -1,4 +1,8 @@
-"""Load, validate and compile node/mr_clean/rules.json (thresholds and keyword rules of MR_clean)."""
+"""Load, validate and compile node/mr_clean/rules.json (thresholds and keyword rules of MR_clean).
+
+Longer than our ~450-line norm on purpose: most of it is the JSON schema of rules.json, which documents
+and validates the rule data in one place (like the node's schema.yaml).
+"""
 
 from __future__ import annotations
 

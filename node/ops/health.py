@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import shutil
 import socket
 import sqlite3
 import threading
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 from node.ops.metrics import Metrics
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CheckResult = tuple[bool, str]
 Checks = Callable[[], Mapping[str, CheckResult]]
@@ -78,7 +77,7 @@ class HealthServer:
             target=server.serve_forever, kwargs={"poll_interval": self._poll_interval}, name="health-http", daemon=True
         )
         self._thread.start()
-        logger.info("health and metrics listening on http://%s:%d (/healthz, /metrics)", self.bind, self.port)
+        log.info("health and metrics listening on http://%s:%d (/healthz, /metrics)", self.bind, self.port)
 
     def stop(self) -> None:
         """Stop serving and close the socket; idempotent."""
@@ -90,7 +89,7 @@ class HealthServer:
         if thread is not None:
             thread.join(timeout=REQUEST_TIMEOUT_S)
         self._server = self._thread = None
-        logger.info("health and metrics server stopped")
+        log.info("health and metrics server stopped")
 
     def __enter__(self) -> HealthServer:
         self.start()
@@ -106,7 +105,7 @@ def health_report(checks: Checks) -> tuple[bool, dict[str, Any]]:
         results = dict(checks())
     # Reported as the health status itself.
     except Exception as exc:
-        logger.warning("health checks raised", exc_info=True)
+        log.warning("health checks raised", exc_info=True)
         return False, {"status": "error", "checks": {}, "error": f"{type(exc).__name__}: {exc}"}
     doc_checks = {name: {"ok": bool(ok), "detail": str(detail)} for name, (ok, detail) in sorted(results.items())}
     healthy = all(entry["ok"] for entry in doc_checks.values())
@@ -123,29 +122,11 @@ def combine_checks(named: Mapping[str, Callable[[], CheckResult]]) -> Checks:
                 results[name] = check()
             # One broken check must not hide the others.
             except Exception as exc:
-                logger.warning("health check %s raised", name, exc_info=True)
+                log.warning("health check %s raised", name, exc_info=True)
                 results[name] = (False, f"check raised {type(exc).__name__}: {exc}")
         return results
 
     return run
-
-
-def disk_check(path: str | Path, high_water_pct: float) -> CheckResult:
-    """Healthy while the file system holding path is used below high_water_pct percent.
-
-    Blocks reserved for root count as used: the node runs unprivileged and cannot write into them.
-    """
-    if not 0 < high_water_pct <= 100:
-        raise ValueError(f"high_water_pct must be in (0, 100], got {high_water_pct}")
-    try:
-        usage = shutil.disk_usage(path)
-    except OSError as exc:
-        return False, f"cannot read disk usage of {path}: {exc.strerror or exc}"
-    if usage.total <= 0:
-        return False, f"file system of {path} reports no size"
-    used_pct = 100.0 * (usage.total - usage.free) / usage.total
-    detail = f"{used_pct:.1f}% used, {_human_bytes(usage.free)} free (high water {high_water_pct:g}%)"
-    return used_pct < high_water_pct, detail
 
 
 def tcp_listening_check(host: str, port: int, timeout: float = 1.0) -> CheckResult:
@@ -239,7 +220,7 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         # Each request gets a thread; past the cap, new connections are closed unanswered instead of piling up.
         if not self._slots.acquire(blocking=False):
-            logger.debug("health server busy: dropping a connection")
+            log.debug("health server busy: dropping a connection")
             self.shutdown_request(request)
             return
         try:
@@ -297,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = self.server.node_metrics.render().encode("utf-8")
             # The scrape fails, the node does not.
             except Exception:
-                logger.exception("rendering metrics failed")
+                log.exception("rendering metrics failed")
                 self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR)
                 return
             self.send_response(HTTPStatus.OK)
@@ -319,4 +300,4 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_error(code)
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("health http %s: %s", self.address_string(), format % args)
+        log.debug("health http %s: %s", self.address_string(), format % args)

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class MetricType(enum.Enum):
@@ -121,7 +121,7 @@ class Metrics:
                 fn(self)
             # A broken collector must not take the scrape down.
             except Exception:
-                logger.warning("metrics collector %r failed", fn, exc_info=True)
+                log.warning("metrics collector %r failed", fn, exc_info=True)
         lines: list[str] = []
         with self._lock:
             for name in sorted(self._specs):

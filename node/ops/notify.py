@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class Notifier:
@@ -33,7 +33,7 @@ class Notifier:
         address = environ.get("NOTIFY_SOCKET") or None
         if address is not None and not address.startswith(("/", "@")):
             # vsock: and other transports of newer systemd are not needed on a host service.
-            logger.warning("NOTIFY_SOCKET %r is not a unix socket path: notifications disabled", address)
+            log.warning("NOTIFY_SOCKET %r is not a unix socket path: notifications disabled", address)
             address = None
         return cls(address, _watchdog_usec(environ))
 
@@ -84,7 +84,7 @@ class Notifier:
             except OSError as exc:
                 level = logging.DEBUG if self._failed_once else logging.WARNING
                 self._failed_once = True
-                logger.log(level, "cannot notify systemd (%s): %s", fields[0], exc)
+                log.log(level, "cannot notify systemd (%s): %s", fields[0], exc)
                 if self._sock is not None:
                     self._sock.close()
                     self._sock = None
@@ -111,7 +111,7 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
             if int(raw_pid) != os.getpid():
                 return None
         except ValueError:
-            logger.warning("ignoring malformed WATCHDOG_PID %r", raw_pid)
+            log.warning("ignoring malformed WATCHDOG_PID %r", raw_pid)
             return None
     raw = environ.get("WATCHDOG_USEC")
     if not raw:
@@ -119,6 +119,6 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
     try:
         usec = int(raw)
     except ValueError:
-        logger.warning("ignoring malformed WATCHDOG_USEC %r", raw)
+        log.warning("ignoring malformed WATCHDOG_USEC %r", raw)
         return None
     return usec if usec > 0 else None

@@ -1,52 +1,59 @@
-"""Wires the node's state into metrics and health checks (collectors read state; they never change it)."""
+"""Wires the node's parts into metrics and health checks (collectors read state; they never change it)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from node.ops.health import CheckResult, Heartbeat, sqlite_writable_check
 from node.ops.metrics import Metrics
+from node.pull.scheduler import Scheduler
+from node.receive.diskguard import DiskGuard
+from node.receive.scp import StorageSCP
 from node.store import state as study_state
-
-if TYPE_CHECKING:
-    from node.app import Node
+from node.store.store import Store
 
 
 class NodeGauges:
     """Refreshes the gauges that describe current state (the SCP counts its own events as they happen)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, scp: StorageSCP, disk_guard: DiskGuard, store: Store, scheduler: Scheduler) -> None:
+        self.scp = scp
+        self.disk_guard = disk_guard
+        self.store = store
+        self.scheduler = scheduler
 
     def __call__(self, metrics: Metrics) -> None:
-        metrics.set("dicomnode_associations_active", self.node.scp.active_associations())
-        guard = self.node.disk_guard
+        metrics.set("dicomnode_associations_active", self.scp.active_associations())
+        guard = self.disk_guard
         tripped = guard.tripped()
         metrics.set("dicomnode_disk_guard_tripped", 1.0 if tripped else 0.0)
         metrics.set("dicomnode_disk_free_bytes", float(guard.free_bytes))
-        for state, count in study_state.counts(self.node.store).items():
+        for state, count in study_state.counts(self.store).items():
             metrics.set("dicomnode_studies", float(count), state=state)
+        for state, count in self.scheduler.counts_by_state().items():
+            metrics.set("dicomnode_requests", float(count), state=state)
 
 
-def health_checks(node: Node, heartbeat: Heartbeat) -> dict[str, Callable[[], CheckResult]]:
+def health_checks(
+    scp: StorageSCP, disk_guard: DiskGuard, database: Path, heartbeat: Heartbeat
+) -> dict[str, Callable[[], CheckResult]]:
     """The /healthz checks: SCP listening, database writable, disk below the guard, main loop alive."""
 
-    def scp() -> CheckResult:
-        address = node.scp.address
+    def listening() -> CheckResult:
+        address = scp.address
         if address is None:
             return False, "not listening"
         return True, f"listening on {address[0]}:{address[1]}"
 
     def disk() -> CheckResult:
-        guard = node.disk_guard
-        if guard.tripped():
-            return False, f"{guard.used_pct:.1f}% used: above the high-water mark, C-STORE refused"
-        return True, f"{guard.used_pct:.1f}% used, {guard.free_bytes} bytes free"
+        if disk_guard.tripped():
+            return False, f"{disk_guard.used_pct:.1f}% used: above the high-water mark, C-STORE refused"
+        return True, f"{disk_guard.used_pct:.1f}% used, {disk_guard.free_bytes} bytes free"
 
     return {
-        "scp": scp,
-        "database": lambda: sqlite_writable_check(node.config.paths.database),
+        "scp": listening,
+        "database": lambda: sqlite_writable_check(database),
         "disk": disk,
         "main_loop": heartbeat.check,
     }

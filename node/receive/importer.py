@@ -1,4 +1,8 @@
-"""Watch-folder import: DICOM files, folders and .zip archives dropped into inbox/import/ are ingested like C-STOREs."""
+"""Watch-folder import: DICOM files, folders and .zip archives dropped into inbox/import/ are ingested like C-STOREs.
+
+Longer than our ~450-line norm on purpose: files, folders and zip members take one path into the store
+with one report and one set of bounds (zip bombs, sizes); the bounds belong next to the reads they bound.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The on-disk store: UID-named layout, durable atomic writes, quarantine, conflicts and the SQLite index."""
+"""The on-disk store: UID-named layout, durable atomic writes, quarantine, conflicts and the SQLite index.
+
+Slightly over our ~450-line norm: the durable write path (temp, fsync, rename, index) is kept in one
+readable sequence on purpose.
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from openpyxl.cell import WriteOnlyCell
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 EXCEL_MAX_ROWS = 1_048_576  # including the header row
 EXCEL_MAX_CELL_CHARS = 32_767
@@ -227,7 +227,7 @@ def write_workbook(path: Path, tables: Sequence[Table], *, max_rows: int = EXCEL
                 f"SPILL: sheet {table.name} has {len(cells)} rows, over Excel's {per_sheet} data rows per sheet; "
                 f"rows continue in order on {', '.join(names[1:])}"
             )
-            logger.warning("%s", msg)
+            log.warning("%s", msg)
             warnings.append(msg)
     tmp = path.with_name(path.name + ".tmp")
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
@@ -19,11 +18,12 @@ from node.ops.health import (
     HealthServer,
     Heartbeat,
     combine_checks,
-    disk_check,
     sqlite_writable_check,
     tcp_listening_check,
 )
 from node.ops.metrics import Metrics
+from node.ops.observability import health_checks
+from node.receive.diskguard import DiskGuard
 
 
 class Response:
@@ -125,14 +125,13 @@ def test_a_raising_check_fails_alone_when_checks_are_combined(serve: Any) -> Non
     assert doc["checks"]["db"] == {"ok": False, "detail": "check raised OSError: no such table"}
 
 
-def test_healthz_turns_unhealthy_when_the_disk_guard_trips(serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_healthz_turns_unhealthy_when_the_disk_guard_trips(serve: Any, tmp_path: Path) -> None:
     usage = {"free": 500}
-
-    def fake_disk_usage(path: Any) -> Any:
-        return shutil._ntuple_diskusage(1000, 1000 - usage["free"], usage["free"])
-
-    monkeypatch.setattr(node.ops.health.shutil, "disk_usage", fake_disk_usage)
-    server = serve(combine_checks({"disk": lambda: disk_check(tmp_path, 90)}))
+    guard = DiskGuard(tmp_path, 90, 80, interval_s=0, usage=lambda _p: (1000, 1000 - usage["free"], usage["free"]))
+    heartbeat = Heartbeat("main_loop", max_age_s=30)
+    heartbeat.beat()
+    checks = health_checks(_ListeningScp(), guard, tmp_path / "node.db", heartbeat)  # type: ignore[arg-type]
+    server = serve(combine_checks({"disk": checks["disk"]}))
     healthy = request(server.port, "/healthz")
     assert healthy.status == 200
     assert healthy.json()["checks"]["disk"]["detail"].startswith("50.0% used")
@@ -142,10 +141,10 @@ def test_healthz_turns_unhealthy_when_the_disk_guard_trips(serve: Any, tmp_path:
     assert tripped.status == 503
     assert tripped.json()["checks"]["disk"] == {
         "ok": False,
-        "detail": "96.0% used, 40.0 B free (high water 90%)",
+        "detail": "96.0% used: above the high-water mark, C-STORE refused",
     }
 
-    usage["free"] = 300
+    usage["free"] = 300  # below the low-water mark: the guard releases
     assert request(server.port, "/healthz").status == 200
 
 
@@ -220,19 +219,6 @@ def test_stop_closes_the_port(metrics: Metrics) -> None:
         pass
 
 
-def test_disk_check_reports_usage_against_the_high_water_mark(tmp_path: Path) -> None:
-    ok, detail = disk_check(tmp_path, 100)
-    assert "% used" in detail
-    assert "(high water 100%)" in detail
-    assert isinstance(ok, bool)
-    assert disk_check(tmp_path / "missing", 90) == (
-        False,
-        f"cannot read disk usage of {tmp_path / 'missing'}: No such file or directory",
-    )
-    with pytest.raises(ValueError, match="high_water_pct"):
-        disk_check(tmp_path, 0)
-
-
 def test_tcp_listening_check_sees_a_listener_come_and_go() -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -285,3 +271,7 @@ def test_heartbeat_goes_stale_when_the_loop_stops_beating(monkeypatch: pytest.Mo
     assert beat.check() == (True, "scheduler alive (60 s ago)")
     now[0] += 61
     assert beat.check() == (False, "scheduler silent for 121 s (limit 120 s)")
+
+
+class _ListeningScp:
+    address = ("127.0.0.1", 11112)

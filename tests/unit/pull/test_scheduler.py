@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from node.config import TimeWindow
+from node.ops.metrics import Metrics
 from node.pull import scheduler as sched_mod
 from node.pull.requests import Request, SeriesFilter, StudyQuery
 from node.pull.scheduler import Scheduler, backoff_delay, in_window, next_window_start
@@ -369,3 +370,14 @@ def test_a_move_refused_before_any_sub_operation_gives_up_after_three_attempts(
     (state, attempts, reason), = store.query("SELECT state, attempts, reason FROM request_studies")
     assert (state, attempts) == ("failed", 3)
     assert reason.startswith("gave up after 3 attempts: C-MOVE SERIES failed: 0xC000; no sub-operation started")
+
+
+def test_finished_moves_and_request_states_reach_the_metrics(env: tuple[Scheduler, Store], pacs: FakePacs) -> None:
+    scheduler, store = env
+    scheduler.metrics = Metrics()
+    rid = scheduler.submit(request("r", StudyQuery(accession="ACC1"), series_filter=SeriesFilter(exclude_derived=True)),
+                           "r.yaml")
+    run_all(scheduler, store, rid)
+    text = scheduler.metrics.render()
+    assert 'dicomnode_moves_total{outcome="success"} 2' in text
+    assert scheduler.counts_by_state() == {"pulled": 1}

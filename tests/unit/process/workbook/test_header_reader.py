@@ -9,7 +9,7 @@ import deid_data
 import pydicom.data
 import pytest
 
-from node.process.workbook.metadata import _fast_header, load_templates, scan_headers
+from node.process.workbook.scan import _fast_header, load_templates, scan_headers
 from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
 
 SAMPLE_DIRS = [
@@ -80,12 +80,12 @@ def test_a_header_longer_than_the_first_read_is_read_whole_by_the_fast_reader(tm
 
 def test_when_the_process_pool_cannot_start_the_scan_runs_serially(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import node.process.workbook.metadata
+    import node.process.workbook.scan
 
     def no_pool() -> None:
         raise OSError("no process for you")
 
-    monkeypatch.setattr(node.process.workbook.metadata, "_pool_context", no_pool)
+    monkeypatch.setattr(node.process.workbook.scan, "_pool_context", no_pool)
     study = StudySpec(series=[SeriesSpec(n_slices=3)])
     files = write_datasets(make_series(study, study.series[0]), tmp_path / "study")
     frame, warnings = scan_headers(files, tmp_path / "study", workers=2)

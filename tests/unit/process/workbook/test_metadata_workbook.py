@@ -32,8 +32,8 @@ from node.process.workbook.metadata import (
     WorkbookResult,
     build_workbook,
     load_templates,
-    orientation_label,
 )
+from node.process.workbook.summary import orientation_label
 from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, oblique_iop, write_datasets
 from tests.support.handmade import enhanced_mr, part10
 
