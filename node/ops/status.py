@@ -7,20 +7,20 @@ from collections.abc import Callable
 from node.config import Config
 from node.ops.health import tcp_listening_check
 from node.store import schema
+from node.store import state as study_state
 from node.store.store import Store
 
 Write = Callable[[str], object]
 
 
-def _counts(store: Store, table: str, column: str = "state") -> str:
-    # table/column are fixed names from this module, never input.
-    rows = store.query(f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column} ORDER BY {column}")  # noqa: S608
-    return ", ".join(f"{state} {count}" for state, count in rows) or "none"
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{state} {count}" for state, count in sorted(counts.items())) or "none"
 
 
 def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) -> None:
     """Write the status report line by line (read-only: the database is only queried)."""
     from node.pull.inbox import status_document
+    from node.pull.scheduler import recent_requests, request_counts
 
     n = cfg.node
     probe = "127.0.0.1" if n.bind in ("0.0.0.0", "::") else n.bind  # noqa: S104 - mapping a wildcard to loopback
@@ -42,9 +42,9 @@ def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) ->
         if store.schema_version < schema.SCHEMA_VERSION:
             write(f"database {cfg.paths.database}: from an older version; start the node once to migrate it\n")
             return
-        write(f"studies: {_counts(store, 'studies')}\n")
-        write(f"requests: {_counts(store, 'requests')}\n")
-        for (rid,) in store.query("SELECT id FROM requests ORDER BY id DESC LIMIT 20"):
+        write(f"studies: {_counts(study_state.counts(store))}\n")
+        write(f"requests: {_counts(request_counts(store))}\n")
+        for rid in recent_requests(store, 20):
             doc = status_document(store, int(rid))
             if doc is None:
                 continue
@@ -53,14 +53,8 @@ def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) ->
             for s in doc["studies"]:
                 extra = s.get("outbox") or s.get("reason") or ""
                 write(f"    {s['study_uid']}  accession {s['accession']}  {s['state']}  {extra}\n")
-        errors = store.query(
-            "SELECT datetime(state_changed, 'unixepoch'), study_uid, reason FROM studies WHERE state='failed'"
-            " ORDER BY state_changed DESC LIMIT ?",
-            (last,),
-        )
-        quarantined = store.query(
-            "SELECT received_at, calling_ae, reason FROM quarantine ORDER BY id DESC LIMIT ?", (last,)
-        )
+        errors = study_state.recent_failures(store, last)
+        quarantined = store.recent_quarantine(last)
         write("last errors:" + ("" if errors or quarantined else " none") + "\n")
         for when, uid, reason in errors:
             write(f"  {when} study {uid} failed: {reason}\n")

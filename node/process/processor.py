@@ -356,13 +356,9 @@ class Processor:
     def _outputs_for(self, study_uid: str) -> tuple[str, ...]:
         """Outputs asked for by the requests that pulled this study, else the configured default."""
         wanted: set[str] = set()
-        rows = self.store.query(
-            "SELECT r.outputs FROM requests r JOIN request_studies rs ON rs.request_id=r.id WHERE rs.study_uid=?",
-            (study_uid,),
-        )
-        for (raw,) in rows:
+        for raw in state.requested_outputs(self.store, study_uid):
             try:
-                wanted.update(str(o) for o in json.loads(raw or "[]"))
+                wanted.update(str(o) for o in json.loads(raw))
             except ValueError:
                 continue
         chosen = [o for o in ALL_OUTPUTS if o in wanted] or list(self.config.processing.outputs)

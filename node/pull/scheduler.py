@@ -113,6 +113,16 @@ def address_of(peer: PeerConfig) -> PeerAddress:
     return PeerAddress(peer.ae_title, peer.host, peer.port)
 
 
+def request_counts(store: Store) -> dict[str, int]:
+    """Requests per state."""
+    return {str(s): int(n) for s, n in store.query("SELECT state, COUNT(*) FROM requests GROUP BY state ORDER BY state")}
+
+
+def recent_requests(store: Store, last: int) -> list[int]:
+    """IDs of the last requests, newest first."""
+    return [int(r) for (r,) in store.query("SELECT id FROM requests ORDER BY id DESC LIMIT ?", (last,))]
+
+
 class Scheduler:
     """Runs request work items on an apscheduler thread pool, polite to each peer; all state lives in SQLite."""
 
@@ -534,7 +544,7 @@ class Scheduler:
 
     def counts_by_state(self) -> dict[str, int]:
         """Requests per state (the queue depth gauge)."""
-        return {str(s): int(n) for s, n in self.store.query("SELECT state, COUNT(*) FROM requests GROUP BY state")}
+        return request_counts(self.store)
 
     def _store_callback(self, peer: PeerConfig) -> Callable[[Any], int | None]:
         """C-GET: each received dataset goes through the same durable ingest as a C-STORE to the SCP."""

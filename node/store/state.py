@@ -188,3 +188,22 @@ def claim_pull(store: Store, study_uid: str, owner: str) -> None:
 def release_pull(store: Store, study_uid: str, owner: str) -> None:
     with store.transaction() as db:
         db.execute("DELETE FROM pulls WHERE study_uid=? AND owner=?", (study_uid, owner))
+
+
+def requested_outputs(store: Store, study_uid: str) -> list[str]:
+    """The raw `outputs` JSON of every request that pulled this study."""
+    rows = store.query(
+        "SELECT r.outputs FROM requests r JOIN request_studies rs ON rs.request_id=r.id WHERE rs.study_uid=?",
+        (study_uid,),
+    )
+    return [str(raw or "[]") for (raw,) in rows]
+
+
+def recent_failures(store: Store, last: int) -> list[tuple[str, str, str]]:
+    """(when, study UID, reason) of the last failed studies, newest first."""
+    rows = store.query(
+        "SELECT datetime(state_changed, 'unixepoch'), study_uid, reason FROM studies WHERE state=?"
+        " ORDER BY state_changed DESC LIMIT ?",
+        (StudyState.FAILED, last),
+    )
+    return [(str(w), str(u), str(r or "")) for w, u, r in rows]

@@ -388,6 +388,11 @@ class Store:
 
     # ---------------------------------------------------------------- queries
 
+    def recent_quarantine(self, last: int) -> list[tuple[str, str, str]]:
+        """(when, calling AE, reason) of the last datasets put in quarantine, newest first."""
+        rows = self.query("SELECT received_at, calling_ae, reason FROM quarantine ORDER BY id DESC LIMIT ?", (last,))
+        return [(str(w), str(a or ""), str(r)) for w, a, r in rows]
+
     def instance_count(self, study_uid: str | None = None) -> int:
         if study_uid is None:
             return int(self.query("SELECT COUNT(*) FROM instances")[0][0])
