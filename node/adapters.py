@@ -7,14 +7,18 @@ tune_interpreter(). Upgrading pynetdicom means re-checking this file (and fastpa
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from pynetdicom import _config
+from pynetdicom import _config, dimse_messages
 
 from node.receive import fastpath
+
+log = logging.getLogger(__name__)
 
 
 def prepare_pynetdicom(tmp_dir: Path) -> None:
@@ -29,6 +33,66 @@ def prepare_pynetdicom(tmp_dir: Path) -> None:
     tempfile.tempdir = str(tmp_dir)
     # pynetdicom's reactors poll with time.sleep(0.001): fastpath lets acceptor threads wake on data instead.
     fastpath.install()
+    # pynetdicom writes a chunked dataset in its network thread; a write that fails there (ENOSPC, EIO) kills
+    # the association and the sender gets no status. Our chunk file records the error instead, drops the rest
+    # of the dataset (still reading it off the wire), and the C-STORE handler answers 0xA700.
+    dimse_messages.NamedTemporaryFile = _chunk_file  # type: ignore[assignment]
+
+
+class ChunkFile:
+    """pynetdicom's chunk file (NamedTemporaryFile) that remembers a failed write instead of raising it."""
+
+    def __init__(self, inner: IO[bytes], name: str) -> None:
+        self._inner = inner
+        self.name = name
+        self.file = self  # pynetdicom calls .file.flush()
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                return self._inner.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._inner.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        with _failed_lock:
+            _failed[self.name] = exc
+        log.error("Receiving a dataset into %s failed: %s; the C-STORE will be answered 0xA700", self.name, exc)
+        try:
+            Path(self.name).unlink(missing_ok=True)  # give the space back at once
+        except OSError:
+            log.debug("could not remove %s", self.name)
+
+
+_failed: dict[str, OSError] = {}
+_failed_lock = threading.Lock()
+
+
+def _chunk_file(*args: Any, **kwargs: Any) -> ChunkFile:
+    inner = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - closed by pynetdicom via ChunkFile.close
+    return ChunkFile(inner, inner.name)
+
+
+def chunk_write_error(path: Path | str) -> OSError | None:
+    """The write error of a received dataset's chunk file (removed from the record), or None."""
+    with _failed_lock:
+        return _failed.pop(str(path), None)
 
 
 def tune_interpreter() -> None:

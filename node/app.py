@@ -61,7 +61,9 @@ class Node:
         self._started = False
 
     def start(self) -> tuple[str, int]:
+        # Before anything can deliver: leftovers of a crash are never acknowledged data.
         self.store.sweep_temp()
+        self.store.reconcile()
         address = self.scp.start()
         self.scheduler.start()  # after the SCP: pulled instances arrive through it
         self.inbox.start()

@@ -19,6 +19,7 @@ import struct
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -52,9 +53,11 @@ class ReadError(ValueError):
     """The bytes are not a well-formed dataset (or not a Part 10 file where one was required)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Element:
-    """A top-level element: its value is buf[offset:offset + length] (length UNDEFINED: items up to `end`)."""
+class Element(NamedTuple):
+    """A top-level element: its value is buf[offset:offset + length] (length UNDEFINED: items up to `end`).
+
+    A NamedTuple, not a dataclass: a header walk makes one per element, and a tuple is the cheapest to build.
+    """
 
     tag: int
     vr: str | None  # None for implicit VR

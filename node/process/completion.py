@@ -72,6 +72,7 @@ class CompletionMonitor:
     def tick(self, now: float | None = None) -> list[str]:
         """One pass over the index; returns the study UIDs that became complete."""
         now = time.time() if now is None else now
+        self.store.close_pending_deliveries()
         self._reopen_late()
         completed = []
         cfg = self.config

@@ -59,6 +59,7 @@ TRANSFER_SYNTAXES = [
 MAX_ASSOCIATE_RQ = 128 * 1024
 # Default TCP receive buffers reliably queue this much unread data; a larger RQ gets a larger buffer.
 _PEEKABLE_BY_DEFAULT = 32 * 1024
+_ARTIM_S = 5.0  # after an A-ASSOCIATE-RJ, how long we wait for the requestor to close the connection
 _PDU_HEADER = struct.Struct(">BBL")
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -329,6 +330,13 @@ class StorageSCP:
             peer_ip=str(assoc.requestor.address),
             assoc_id=getattr(assoc, "_node_assoc_id", ""),
         )
+        write_error = adapters.chunk_write_error(path)
+        if write_error is not None:
+            log.error("C-STORE from %s refused with 0xA700: the dataset could not be written (%s)",
+                      origin.calling_ae, write_error)
+            path.unlink(missing_ok=True)
+            self._fail(STATUS_OUT_OF_RESOURCES)
+            return STATUS_OUT_OF_RESOURCES
         try:
             if self.disk_guard.tripped():
                 path.unlink(missing_ok=True)
@@ -348,8 +356,17 @@ class StorageSCP:
             log.warning("C-STORE from %s refused with 0x%04X: %s", origin.calling_ae, exc.status, exc.reason)
             self._fail(exc.status)
             return exc.status
+        except OSError as exc:
+            # No space, I/O error, too many files: out of resources, and the temp file must not stay.
+            log.error("C-STORE from %s refused with 0xA700: %s", origin.calling_ae, exc)
+            Path(event.dataset_path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            self._fail(STATUS_OUT_OF_RESOURCES)
+            return STATUS_OUT_OF_RESOURCES
         except Exception:
             log.exception("Unexpected error storing an instance from %s", origin.calling_ae)
+            Path(event.dataset_path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             self._fail(0xC211)
             return 0xC211
         self.metrics.inc("dicomnode_instances_received_total", calling_ae=origin.calling_ae)
@@ -375,6 +392,34 @@ def _discard_partial_message(assoc: Any) -> None:
         chunk.close()
         Path(chunk.name).unlink(missing_ok=True)
         log.info("Discarded a partially received dataset from association %s", getattr(assoc, "_node_assoc_id", "?"))
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Read n bytes (the socket's timeout applies to each read); fewer only when the peer closed."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _reject(sock: socket.socket, rq_bytes: int, deadline: float | None) -> None:
+    """Answer a complete A-ASSOCIATE-RQ with A-ASSOCIATE-RJ and let the requestor close (PS3.8 9.2, ARTIM).
+
+    Rejected-permanent, service-user, no reason given: polite but final. The RQ is read first and our side is
+    half-closed before we wait for the peer's close: closing a socket with unread data would send a TCP reset,
+    which can reach the requestor before the RJ and turn a clean rejection into an abort.
+    """
+    with contextlib.suppress(OSError):
+        if len(_recv_exactly(sock, rq_bytes)) < rq_bytes:
+            return
+        sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(max(0.1, min(_ARTIM_S, (deadline - time.monotonic()) if deadline else _ARTIM_S)))
+        while sock.recv(4096):
+            pass
 
 
 def _handle_echo(event: Event) -> int:
@@ -462,6 +507,12 @@ class NodeRequestHandler(RequestHandler):
             # SSLSocket.recv refuses MSG_PEEK; the TLS handshake has already filtered stray bytes.
             if self._ip_allowed(peer_ip):
                 return None
+            wait = sock.gettimeout()
+            with contextlib.suppress(OSError, struct.error):
+                head = _recv_exactly(sock, 6)
+                pdu_type, _, length = _PDU_HEADER.unpack(head)
+                if pdu_type == 0x01 and 68 <= length <= MAX_ASSOCIATE_RQ:
+                    _reject(sock, length, None if wait is None else time.monotonic() + wait)
             return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
         wait = sock.gettimeout()
         deadline = None if wait is None else time.monotonic() + wait
@@ -476,11 +527,6 @@ class NodeRequestHandler(RequestHandler):
             return Refusal("not_associate_rq", f"first PDU is type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ")
         if length > MAX_ASSOCIATE_RQ or length < 68:
             return Refusal("bad_length", f"A-ASSOCIATE-RQ declares an implausible length {length}")
-        if not self._ip_allowed(peer_ip):
-            # Rejected-permanent, service-user, no reason given: polite but final.
-            with contextlib.suppress(OSError):
-                sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
-            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
         # Hand over only a complete RQ: pynetdicom counts a connection against max_associations from its first
         # byte, so peers that send a plausible header and stall would otherwise lock everyone out.
         total = 6 + length
@@ -493,6 +539,9 @@ class NodeRequestHandler(RequestHandler):
             whole = b""
         if len(whole) < total:
             return Refusal("timeout", f"A-ASSOCIATE-RQ of {length} bytes not complete within the ACSE timeout")
+        if not self._ip_allowed(peer_ip):
+            _reject(sock, total, deadline)
+            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
         return None
 
     def _ip_allowed(self, peer_ip: str) -> bool:

@@ -127,6 +127,8 @@ class Store:
         self._db_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(64)]
         self._dir_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending_ends: set[str] = set()
         if read_only:
             # Read-only tools (the status verb) never create folders or change the schema of a running node.
             self.db = sqlite3.connect(f"{paths.database.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
@@ -190,6 +192,34 @@ class Store:
             log.info("Swept %d leftover temp file(s) from %s", removed, self.paths.tmp)
         return removed
 
+    def reconcile(self) -> int:
+        """Quarantine store files without an index row (renamed in before a crash, never acknowledged).
+
+        Run at start, before anything can ingest: a file is renamed into place before its row is committed, so
+        while instances arrive a file without a row may be one about to be acknowledged.
+        """
+        moved = 0
+        if not self.paths.store.is_dir():
+            return 0
+        for study_dir in os.scandir(self.paths.store):
+            if not study_dir.is_dir(follow_symlinks=False):
+                continue
+            for series_dir in os.scandir(study_dir.path):
+                if not series_dir.is_dir(follow_symlinks=False):
+                    continue
+                indexed = {
+                    str(p) for (p,) in self.query("SELECT path FROM instances WHERE series_uid=?", (series_dir.name,))
+                }
+                for entry in os.scandir(series_dir.path):
+                    path = Path(entry.path)
+                    if entry.is_file(follow_symlinks=False) and str(path.relative_to(self.paths.var)) not in indexed:
+                        self._quarantine(path, "in the store without an index row: never acknowledged (crash "
+                                               "between the rename and the index commit)", Origin(calling_ae="recovery"))
+                        moved += 1
+        if moved:
+            log.warning("Moved %d unacknowledged file(s) left by a crash from the store to quarantine", moved)
+        return moved
+
     def new_temp_path(self, suffix: str = ".dcm") -> Path:
         fd, name = _mkstemp(self.paths.tmp, suffix)
         os.close(fd)
@@ -211,7 +241,10 @@ class Store:
         """
         try:
             header, ts, truncated, sha = _parse(tmp, transfer_syntax)
-        except (OSError, ValueError) as exc:  # reader.ReadError is a ValueError
+        except OSError as exc:  # the dataset is not to blame: out of resources, and nothing kept
+            tmp.unlink(missing_ok=True)
+            raise StoreError(STATUS_STORE_FAILED, f"could not read the received dataset: {exc}") from None
+        except ValueError as exc:  # reader.ReadError: malformed
             self._quarantine(tmp, f"cannot parse dataset: {exc}", origin)
             raise StoreError(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}") from None
         if truncated:
@@ -252,7 +285,14 @@ class Store:
             tmp.unlink(missing_ok=True)
             log.error("Could not write instance %s: %s", sop_uid, exc)
             raise StoreError(STATUS_STORE_FAILED, f"could not write: {exc}") from None
-        self._index(dest, sha, size, header, ts, origin)
+        try:
+            self._index(dest, sha, size, header, ts, origin)
+        except sqlite3.Error as exc:  # e.g. "database or disk is full": not acknowledged, so not kept
+            with contextlib.suppress(OSError):
+                dest.unlink()
+                fsync_dir(dest.parent)
+            log.error("Could not index instance %s: %s", sop_uid, exc)
+            raise StoreError(STATUS_OUT_OF_RESOURCES, f"could not index: {exc}") from None
         return StoreResult(sop_uid, study_uid, series_uid, dest)
 
     def _duplicate(
@@ -260,8 +300,16 @@ class Store:
     ) -> StoreResult:
         sop_uid = str(header["SOPInstanceUID"])
         row = self.query("SELECT sha256 FROM instances WHERE sop_uid=?", (sop_uid,))
-        existing_sha = row[0][0] if row else dataset_sha256(dest)
         study_uid, series_uid = str(header["StudyInstanceUID"]), str(header["SeriesInstanceUID"])
+        if not row and dataset_sha256(dest) != sha:
+            # A file without an index row was renamed in before a crash and never acknowledged: it does not
+            # count. The instance arriving now replaces it and is the one acknowledged.
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+            self._index(dest, sha, size, header, ts, origin)
+            log.warning("Instance %s replaced an unacknowledged copy left by a crash", sop_uid)
+            return StoreResult(sop_uid, study_uid, series_uid, dest)
+        existing_sha = row[0][0] if row else sha
         if existing_sha == sha:
             tmp.unlink(missing_ok=True)
             if not row:
@@ -359,9 +407,28 @@ class Store:
                 db.execute("INSERT OR IGNORE INTO deliveries(study_uid, assoc_id) VALUES (?,?)", (study_uid, origin.assoc_id))
 
     def end_delivery(self, assoc_id: str) -> None:
-        """An association ended: it no longer delivers into any study."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM deliveries WHERE assoc_id=?", (assoc_id,))
+        """An association ended: it no longer delivers into any study.
+
+        When the database cannot be written (disk full), the end is remembered and written by the next
+        close_pending_deliveries(): a study must not wait for its hard cap because of one failed delete.
+        """
+        with self._pending_lock:
+            self._pending_ends.add(assoc_id)
+        self.close_pending_deliveries()
+
+    def close_pending_deliveries(self) -> None:
+        with self._pending_lock:
+            pending = sorted(self._pending_ends)
+        if not pending:
+            return
+        try:
+            with self.transaction() as db:
+                db.executemany("DELETE FROM deliveries WHERE assoc_id=?", [(a,) for a in pending])
+        except sqlite3.Error as exc:
+            log.warning("Could not close %d delivery record(s) yet (%s); retrying at the next pass", len(pending), exc)
+            return
+        with self._pending_lock:
+            self._pending_ends.difference_update(pending)
 
     def _quarantine(self, tmp: Path, reason: str, origin: Origin) -> None:
         """Keep a refused dataset with its reason, never crash on it."""

@@ -134,3 +134,18 @@ def test_the_same_instance_sent_twice_is_stored_once(start_node, tmp_path):
 
 def test_dcmtk_is_installed_where_the_tests_expect_it():
     assert Path(dcmtk("storescu")).is_file()
+
+
+def test_a_disallowed_source_address_is_rejected_cleanly_every_time_never_aborted(start_node) -> None:
+    node = start_node(security={"allowed_hosts": ["127.0.0.2/32"]})  # our clients connect from 127.0.0.1
+    outcomes = []
+    for _ in range(40):
+        proc = subprocess.run(
+            [dcmtk("echoscu"), "-v", "-aet", "ECHOSCU", "-aec", "DICOMNODE", "-to", "5", "-ta", "10",
+             LOOPBACK, str(node.config.node.port)],
+            env=peer_env(), capture_output=True, text=True, timeout=60, check=False,
+        )
+        outcomes.append(proc.stdout + proc.stderr)
+    rejected = [o for o in outcomes if "Association Rejected" in o]
+    assert len(rejected) == len(outcomes), [o for o in outcomes if o not in rejected][:2]
+    assert all("Rejected Permanent" in o or "Permanent" in o for o in rejected), rejected[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
 import struct
 import threading
@@ -212,16 +213,47 @@ def test_a_silent_connection_is_refused_when_the_acse_timeout_expires(pair: tupl
     assert screen(server) == "no A-ASSOCIATE-RQ within the ACSE timeout"
 
 
+def _screen_in_thread(server: GuardedSocket, allowed: tuple[str, ...]) -> tuple[threading.Thread, list[str | None]]:
+    verdicts: list[str | None] = []
+    thread = threading.Thread(target=lambda: verdicts.append(screen(server, allowed)), daemon=True)
+    thread.start()
+    return thread, verdicts
+
+
+REJECT = b"\x03\x00\x00\x00\x00\x04\x00\x01\x01\x01"  # A-ASSOCIATE-RJ: permanent, service user, no reason
+
+
 def test_a_peer_outside_the_allowed_hosts_gets_a_permanent_associate_reject(
     pair: tuple[socket.socket, GuardedSocket],
 ) -> None:
     client, server = pair
     client.sendall(pdu(0x01, b"\x00" * 100))
-    verdict = screen(server, allowed=("10.0.0.0/8",))
-    assert verdict is not None and "not in security.allowed_hosts" in verdict
+    thread, verdicts = _screen_in_thread(server, ("10.0.0.0/8",))
     client.settimeout(10)
-    # A-ASSOCIATE-RJ: result 1 (permanent), source 1 (service user), reason 1 (no reason given).
-    assert recv_exactly(client, 10, 10) == b"\x03\x00\x00\x00\x00\x04\x00\x01\x01\x01"
+    assert recv_exactly(client, 10, 10) == REJECT
+    assert client.recv(1) == b""  # then the node half-closes and waits for us to close (ARTIM)
+    client.close()
+    thread.join(timeout=10)
+    assert verdicts and verdicts[0] is not None and "not in security.allowed_hosts" in verdicts[0]
+
+
+def test_a_disallowed_peer_whose_request_arrives_in_pieces_reads_a_reject_never_a_reset(
+    pair: tuple[socket.socket, GuardedSocket],
+) -> None:
+    client, server = pair
+    whole = pdu(0x01, b"\x00" * 100)
+    client.sendall(whole[:16])
+    thread, _ = _screen_in_thread(server, ("10.0.0.0/8",))
+    # The reject must wait for the whole request: answered early, the rest of it would arrive at a closed
+    # socket and the kernel would reset the connection, which the requestor sees as an abort.
+    readable, _, _ = select.select([client], [], [], 0.5)
+    assert not readable
+    client.sendall(whole[16:])
+    client.settimeout(10)
+    assert recv_exactly(client, 10, 10) == REJECT
+    assert client.recv(1) == b""
+    client.close()
+    thread.join(timeout=10)
 
 
 def test_a_peer_inside_the_allowed_hosts_passes(pair: tuple[socket.socket, GuardedSocket]) -> None:

@@ -408,3 +408,48 @@ def test_quarantining_a_large_truncated_instance_does_not_read_it_into_memory(st
     assert statuses == [STATUS_CANNOT_UNDERSTAND]
     assert grown < 48 * MIB, f"{grown / MIB:.0f} MiB"
     assert len(quarantined(store)) == 1
+
+
+def _orphan(store: Store, ds: Dataset) -> Path:
+    """What a kill between the rename and the index commit leaves: the file in place, no row."""
+    first = store.ingest(write_temp(store, ds), ORIGIN)
+    with store.transaction() as db:
+        db.execute("DELETE FROM instances WHERE sop_uid=?", (first.sop_uid,))
+    return first.path
+
+
+def test_an_unacknowledged_file_left_by_a_crash_is_replaced_by_the_instance_that_arrives(store: Store) -> None:
+    ds = make_ds()
+    orphan = _orphan(store, ds)
+    ds.SeriesDescription = "corrected by the PACS"
+    result = store.ingest(write_temp(store, ds), ORIGIN)
+    assert not result.conflict and not result.duplicate
+    assert result.path == orphan
+    assert store.query("SELECT sha256 FROM instances WHERE sop_uid=?", (result.sop_uid,)) == [(dataset_sha256(orphan),)]
+    assert files_under(store.paths.conflicts) == []
+
+
+def test_reconcile_at_start_quarantines_store_files_without_a_row_and_keeps_indexed_ones(store: Store) -> None:
+    kept = store.ingest(write_temp(store, make_ds()), ORIGIN)
+    orphan = _orphan(store, make_ds())
+    assert store.reconcile() == 1
+    assert kept.path.exists() and not orphan.exists()
+    indexed = {store.paths.var / p for (p,) in store.query("SELECT path FROM instances")}
+    assert set(files_under(store.paths.store)) == indexed  # the store and the index agree exactly
+    reasons = [p.read_text() for p in store.paths.quarantine.glob("*.reason.txt")]
+    assert len(reasons) == 1 and "never acknowledged" in reasons[0]
+
+
+def test_an_index_that_cannot_be_written_answers_out_of_resources_and_keeps_no_file(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    def full(*_args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "_index", full)
+    with pytest.raises(StoreError) as info:
+        store.ingest(write_temp(store, make_ds()), ORIGIN)
+    assert info.value.status == 0xA700
+    assert files_under(store.paths.store) == [] and files_under(store.paths.tmp) == []
