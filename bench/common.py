@@ -14,8 +14,8 @@ from types import TracebackType
 
 import psutil
 
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_study, write_datasets
-from tests.support.peers import LOOPBACK, echoscu, free_port, peer_env, wait_for_port
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_study, write_datasets
+from toolkit.peers import LOOPBACK, echoscu, free_port, peer_env, wait_for_port
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from bench.report import report
 from node.process.nifti.convert import NiftiOptions, convert_series
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, write_datasets
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, write_datasets
 
 DCM2NIIX = "/usr/bin/dcm2niix"
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from bench.report import report
-from tests.support.dicomgen import SeriesSpec, StudySpec, write_study
-from tests.support.nodeproc import REPO, NodeProcess
-from tests.support.peers import OrthancPeer, dcm2niix_bin, free_port
+from toolkit.dicomgen import SeriesSpec, StudySpec, write_study
+from toolkit.nodeproc import REPO, NodeProcess
+from toolkit.peers import OrthancPeer, dcm2niix_bin, free_port
 
 
 def main() -> int:

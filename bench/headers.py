@@ -25,7 +25,7 @@ from bench.report import report
 from node.process.nifti.convert import NiftiOptions, convert_series
 from node.process.nifti.headers import read_fast
 from node.process.workbook.scan import scan_headers
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, write_datasets
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, write_datasets
 
 DCM2NIIX = "/usr/bin/dcm2niix"
 

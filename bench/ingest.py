@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.common import NodeProcess, RssSampler, make_mr_files
 from bench.report import report
-from tests.support.peers import OrthancPeer, StorescpPeer, peer_env, storescu_command
+from toolkit.peers import OrthancPeer, StorescpPeer, peer_env, storescu_command
 
 RECEIVERS = ("storescp", "orthanc", "node")
 # Receivers with TCP_NODELAY=1 in their own env too: what DCMTK/Orthanc reach tuned (run 2 only).

@@ -19,7 +19,7 @@ from pydicom.sequence import Sequence
 from bench.report import report
 from node.process.workbook.metadata import build_workbook, load_templates
 from node.process.workbook.scan import scan_headers
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
 
 
 def _realistic_extras(ds: Dataset) -> None:

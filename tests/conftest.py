@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from node.app import Node
-from tests.support.nodeproc import NodeProcess, make_config
+from toolkit.nodeproc import NodeProcess, make_config
 
 
 @pytest.fixture

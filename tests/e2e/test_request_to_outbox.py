@@ -17,10 +17,10 @@ import numpy as np
 import yaml
 from openpyxl import load_workbook
 
-from tests.support.dicomgen import SeriesSpec, StudySpec, write_study
-from tests.support.nodeproc import REPO, NodeProcess
-from tests.support.peers import OrthancPeer, free_port
 from tests.support.waiting import wait_for
+from toolkit.dicomgen import SeriesSpec, StudySpec, write_study
+from toolkit.nodeproc import REPO, NodeProcess
+from toolkit.peers import OrthancPeer, free_port
 
 FAST_REQUESTS = {"settle_s": 0.2, "rescan_interval_s": 1, "backoff_base_s": 0.5, "backoff_max_s": 2}
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.dicomgen import SeriesSpec, StudySpec, write_study
-from tests.support.nodeproc import NodeProcess
-from tests.support.peers import dcmtk, echoscu, free_port, peer_env, storescu, storescu_command
 from tests.support.waiting import wait_for
+from toolkit.dicomgen import SeriesSpec, StudySpec, write_study
+from toolkit.nodeproc import NodeProcess
+from toolkit.peers import dcmtk, echoscu, free_port, peer_env, storescu, storescu_command
 
 LOOPBACK = "127.0.0.1"
 

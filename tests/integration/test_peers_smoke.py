@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dicomgen import multi_series_study, write_study
-from tests.support.peers import OrthancPeer, StorescpPeer, dcmtk, echoscu, findscu_study_uids, free_port, port_open
+from toolkit.dicomgen import multi_series_study, write_study
+from toolkit.peers import OrthancPeer, StorescpPeer, dcmtk, echoscu, findscu_study_uids, free_port, port_open
 
 pytestmark = pytest.mark.integration
 

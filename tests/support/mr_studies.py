@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_study
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_study
 
 COLUMNS = [
     "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ProtocolName", "SequenceName",

@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 
 from node.app import Node
-from tests.support.dicomgen import StudySpec
 from tests.support.waiting import wait_for
+from toolkit.dicomgen import StudySpec
 
 FAST = {"settle_s": 0.2, "rescan_interval_s": 1, "backoff_base_s": 0.3, "backoff_max_s": 1.5, "max_attempts": 30}
 

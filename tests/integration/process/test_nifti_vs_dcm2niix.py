@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from node.process.nifti.convert import NiftiOptions, convert_series
-from tests.support.dicomgen import (
+from toolkit.dicomgen import (
     SeriesSpec,
     StudySpec,
     make_mosaic_series,

@@ -11,10 +11,10 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets, write_study
-from tests.support.nodeproc import NodeProcess
-from tests.support.peers import storescu
 from tests.support.waiting import wait_for
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets, write_study
+from toolkit.nodeproc import NodeProcess
+from toolkit.peers import storescu
 
 LOOPBACK = "127.0.0.1"
 

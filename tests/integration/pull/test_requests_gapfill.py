@@ -16,9 +16,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.app import Node
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_study
-from tests.support.peers import free_port
 from tests.support.requests import FAST, drop, expected_counts, series_counts, wait_state
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_study
+from toolkit.peers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ import yaml
 
 import daemon
 from node.app import Node
-from tests.support.nodeproc import config_dict
-from tests.support.peers import echoscu
 from tests.support.requests import FAST, status
 from tests.support.waiting import wait_for
+from toolkit.nodeproc import config_dict
+from toolkit.peers import echoscu
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,11 @@ import yaml
 
 import daemon
 from node.app import Node
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets
-from tests.support.nodeproc import NodeProcess, config_dict, make_config
-from tests.support.peers import OrthancPeer, free_port
 from tests.support.requests import FAST, drop, expected_counts, series_counts, status, wait_state
 from tests.support.waiting import wait_for
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets
+from toolkit.nodeproc import NodeProcess, config_dict, make_config
+from toolkit.peers import OrthancPeer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from node.pull import scu
 from node.pull.scu import ErrorKind, PeerAddress, ScuError, ScuSettings
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets
-from tests.support.peers import OrthancPeer, free_port
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets
+from toolkit.peers import OrthancPeer, free_port
 
 pytestmark = pytest.mark.integration
 

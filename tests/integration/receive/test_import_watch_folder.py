@@ -7,8 +7,8 @@ import zipfile
 from pathlib import Path
 
 from node.store.state import StudyState
-from tests.support.dicomgen import multi_series_study, write_study
 from tests.support.waiting import wait_for
+from toolkit.dicomgen import multi_series_study, write_study
 
 COMPLETION = {"stable_age_s": 1, "check_interval_s": 0.2}
 IMPORT = {"settle_s": 0.5, "rescan_interval_s": 1}

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from node.store.store import dataset_offset, dataset_sha256
-from tests.support.dicomgen import multi_series_study, write_study
-from tests.support.nodeproc import NodeProcess
-from tests.support.peers import peer_env, storescu, storescu_command
+from toolkit.dicomgen import multi_series_study, write_study
+from toolkit.nodeproc import NodeProcess
+from toolkit.peers import peer_env, storescu, storescu_command
 
 LOOPBACK = "127.0.0.1"
 SENDERS = 4

@@ -10,8 +10,8 @@ from pydicom.data import get_testdata_file
 
 from node.app import Node
 from node.store.store import dataset_offset
-from tests.support.dicomgen import SeriesSpec, StudySpec, multi_series_study, write_study
-from tests.support.peers import StorescpPeer, dcmtk, echoscu, peer_env, storescu, storescu_command
+from toolkit.dicomgen import SeriesSpec, StudySpec, multi_series_study, write_study
+from toolkit.peers import StorescpPeer, dcmtk, echoscu, peer_env, storescu, storescu_command
 
 LOOPBACK = "127.0.0.1"
 

@@ -15,8 +15,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from node.app import Node
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series
 from tests.support.waiting import wait_for
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series
 
 pytestmark = pytest.mark.integration
 

@@ -32,9 +32,9 @@ from node.app import Node
 from node.dicom.validators import is_valid_uid
 from node.receive.diskguard import DiskGuard
 from node.store.store import dataset_offset
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets, write_study
-from tests.support.nodeproc import NodeProcess
-from tests.support.peers import dcmtk, echoscu, peer_env, storescu, storescu_command
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets, write_study
+from toolkit.nodeproc import NodeProcess
+from toolkit.peers import dcmtk, echoscu, peer_env, storescu, storescu_command
 
 LOOPBACK = "127.0.0.1"
 MIB = 1 << 20

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.peers import dcmtk, peer_env
+from toolkit.peers import dcmtk, peer_env
 
 LOOPBACK = "127.0.0.1"
 

@@ -12,7 +12,7 @@ from node.dicom import facts
 from node.dicom.facts import Derivation, Orientation
 from node.process.nifti.volumes import looks_like_localizer, read_header
 from node.process.workbook.metadata import build_workbook
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, oblique_iop, write_datasets
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, oblique_iop, write_datasets
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 
 from node.dicom import reader
 from node.store.store import dataset_offset
-from tests.support.dicomgen import SeriesSpec, StudySpec, write_study
+from toolkit.dicomgen import SeriesSpec, StudySpec, write_study
 
 TEST_FILES = Path(str(get_testdata_file("CT_small.dcm"))).parent
 SAMPLES = sorted(

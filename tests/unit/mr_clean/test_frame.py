@@ -12,8 +12,8 @@ from pydicom.valuerep import DSfloat
 
 from node.mr_clean import OUTPUT_COLUMNS, make_record, process_mri_dataframe, records_from_frame
 from node.mr_clean.record import to_float, to_time, to_tokens, to_vector
-from tests.support.dicomgen import multi_series_study
 from tests.support.mr_studies import breast_dce, frame
+from toolkit.dicomgen import multi_series_study
 
 
 def test_output_has_the_contract_columns_in_order_and_one_row_per_series():

@@ -9,7 +9,7 @@ import pytest
 
 from node.mr_clean import classify_series, load_config, make_record
 from node.mr_clean.classify import SeriesFeatures
-from tests.support.dicomgen import oblique_iop
+from toolkit.dicomgen import oblique_iop
 
 CFG = load_config()
 AX = [1, 0, 0, 0, 1, 0]

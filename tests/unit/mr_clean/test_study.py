@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from node.mr_clean import process_mri_dataframe
-from tests.support.dicomgen import StudySpec
 from tests.support.mr_studies import GRE_3D, LOCALIZER, breast_dce, frame, series
+from toolkit.dicomgen import StudySpec
 
 
 def expectations(out: pd.DataFrame) -> dict[int, tuple[Any, ...]]:

@@ -13,7 +13,7 @@ import yaml
 from node.pull.inbox import Inbox, status_document, write_request
 from node.pull.scheduler import Scheduler
 from node.store.store import Store
-from tests.support.nodeproc import make_config
+from toolkit.nodeproc import make_config
 
 GOOD = "studies:\n  - accession: A1\n"
 

@@ -19,8 +19,8 @@ from node.pull.requests import Request, SeriesFilter, StudyQuery
 from node.pull.scheduler import Scheduler, backoff_delay, in_window, next_window_start
 from node.pull.scu import ErrorKind, MoveResult, ScuError
 from node.store.store import Origin, Store
-from tests.support.dicomgen import SeriesSpec, StudySpec, write_study
-from tests.support.nodeproc import make_config
+from toolkit.dicomgen import SeriesSpec, StudySpec, write_study
+from toolkit.nodeproc import make_config
 
 WEEKNIGHTS = (TimeWindow("20:00", "06:00", ("mon", "tue", "wed", "thu", "fri")),)
 FRIDAY = datetime(2026, 11, 27).astimezone().tzinfo  # any zone: the functions read wall-clock time

@@ -18,7 +18,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from node.config import ImportConfig, Paths
 from node.receive.importer import Importer, Outcome, bounded_copy, declared_member_count, sniff
 from node.store.store import Store
-from tests.support.dicomgen import multi_series_study, write_study
+from toolkit.dicomgen import multi_series_study, write_study
 
 
 @pytest.fixture

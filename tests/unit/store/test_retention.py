@@ -15,7 +15,7 @@ from node.process.completion import CompletionConfig, CompletionMonitor
 from node.store.retention import Retention
 from node.store.state import StudyState
 from node.store.store import Origin, Store
-from tests.support.dicomgen import multi_series_study, write_study
+from toolkit.dicomgen import multi_series_study, write_study
 
 DAY = 86400.0
 ORIGIN = Origin(calling_ae="UNITTEST", peer_ip="127.0.0.1", assoc_id="")

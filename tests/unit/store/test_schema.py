@@ -10,7 +10,7 @@ from node.config import Paths
 from node.ops.status import report
 from node.store import schema
 from node.store.store import Store
-from tests.support.nodeproc import make_config
+from toolkit.nodeproc import make_config
 
 
 def _paths(tmp_path: Path) -> Paths:

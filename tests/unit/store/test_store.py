@@ -27,7 +27,7 @@ from node.store.store import (
     dataset_offset,
     dataset_sha256,
 )
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series
 
 MIB = 1 << 20
 ORIGIN = Origin(calling_ae="UNITTEST", peer_ip="127.0.0.1", assoc_id="a1")

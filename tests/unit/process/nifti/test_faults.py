@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from node.process.nifti.convert import NiftiOptions, convert_series
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, new_uid, write_datasets
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, new_uid, write_datasets
 
 STUDY = StudySpec(series=[])
 WRITE_ANYWAY = NiftiOptions(on_geometry_error="write_with_warning", compress=False)

@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from node.process.nifti.convert import NiftiOptions, convert_series, convert_study
-from tests.support.dicomgen import (
+from toolkit.dicomgen import (
     SeriesSpec,
     StudySpec,
     make_multivolume_series,

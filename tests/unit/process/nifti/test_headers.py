@@ -15,7 +15,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from node.process.nifti.headers import WANTED, read_fast
 from node.process.nifti.volumes import SliceInfo, _slice, read_header, read_pixels
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
 
 STUDY = StudySpec(series=[])
 

@@ -10,7 +10,7 @@ import pydicom.data
 import pytest
 
 from node.process.workbook.scan import _fast_header, load_templates, scan_headers
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
 
 SAMPLE_DIRS = [
     Path(pydicom.data.__file__).parent / "test_files",

@@ -34,8 +34,8 @@ from node.process.workbook.metadata import (
     load_templates,
 )
 from node.process.workbook.summary import orientation_label
-from tests.support.dicomgen import SeriesSpec, StudySpec, make_series, oblique_iop, write_datasets
 from tests.support.handmade import enhanced_mr, part10
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, oblique_iop, write_datasets
 
 CHARSET_FILES = Path(pydicom.data.__file__).parent / "charset_files"
 DEID_FILES = Path(deid_data.__file__).parent / "data"

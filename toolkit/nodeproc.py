@@ -15,9 +15,9 @@ import yaml
 
 from node import config as config_mod
 from node.config import Config
-from tests.support.peers import echoscu, free_port, wait_for_port
+from toolkit.peers import echoscu, free_port, wait_for_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 
 
