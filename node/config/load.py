@@ -195,7 +195,8 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         paths=paths,
         peers=peers,
         storage=storage,
-        requests=RequestsConfig(**effective["requests"]),
+        requests=RequestsConfig(**{**effective["requests"],
+                                   "original_keywords": tuple(effective["requests"]["original_keywords"])}),
         completion=CompletionSection(**{k: v for k, v in effective["completion"].items()}),
         processing=ProcessingConfig(
             workers=pr["workers"],

@@ -132,6 +132,7 @@ class RequestsConfig:
     max_attempts: int = _default("requests", "max_attempts")
     backoff_base_s: float = _default("requests", "backoff_base_s")
     backoff_max_s: float = _default("requests", "backoff_max_s")
+    original_keywords: tuple[str, ...] = tuple(_default("requests", "original_keywords"))
 
 
 @dataclass(frozen=True)

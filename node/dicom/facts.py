@@ -45,7 +45,8 @@ class Derivation(StrEnum):
 class Vocabulary:
     """The words and thresholds behind the facts. MR_clean's rule data can override them for MR_Cleaned."""
 
-    oblique_threshold: float = 0.8
+    # cos 18 deg: a plane whose normal is more than about 18 degrees from every axis is oblique.
+    oblique_threshold: float = 0.95
     localizer_tokens: frozenset[str] = frozenset({"LOCALIZER", "SCOUT", "SURVEY"})
     localizer_names: KeywordSet = field(default_factory=lambda: KeywordSet((
         "localizer", "localiser", "loc", "scout", "survey", "surview", "pilot", "tripilot", "topogram", "scanogram",
@@ -59,6 +60,8 @@ class Vocabulary:
     derived_names: KeywordSet = field(default_factory=lambda: KeywordSet((
         "sub", "subtraction", "adc", "fa", "tracew", "colfa", "减影", "重建",
     )))
+    # A site's original acquisitions whose names look derived: never derived or secondary by name.
+    original_names: KeywordSet = field(default_factory=lambda: KeywordSet(()))
 
 
 DEFAULT = Vocabulary()
@@ -101,9 +104,11 @@ def orientation(iop: Sequence[object] | None, vocab: Vocabulary = DEFAULT) -> tu
     comps = [abs(v) for v in n]
     i = max(range(3), key=comps.__getitem__)
     axis, threshold = "xyz"[i], vocab.oblique_threshold
+    tilt = math.degrees(math.acos(min(1.0, comps[i])))
     if comps[i] < threshold:
-        return Orientation.OBL, f"IOP normal max |{axis}|={comps[i]:.2f}<{threshold:g}"
-    return (Orientation.SAG, Orientation.COR, Orientation.AX)[i], f"IOP normal |{axis}|={comps[i]:.2f}>={threshold:g}"
+        return Orientation.OBL, f"IOP normal max |{axis}|={comps[i]:.2f}<{threshold:g} (tilted {tilt:.0f} deg)"
+    label = (Orientation.SAG, Orientation.COR, Orientation.AX)[i]
+    return label, f"IOP normal |{axis}|={comps[i]:.2f}>={threshold:g} (tilted {tilt:.0f} deg)"
 
 
 def _first_token(image_type: Iterable[str], tokens: frozenset[str]) -> str | None:
@@ -156,6 +161,9 @@ def derivation(
     if first == "ORIGINAL":
         return Derivation.ORIGINAL, "ImageType[0]=ORIGINAL"
     lowered = names.lower()
+    word = vocab.original_names.find(lowered)
+    if word:
+        return Derivation.UNKNOWN, f"name '{word}' is a site original (requests.original_keywords)"
     word = vocab.secondary_names.find(lowered)
     if word:
         return Derivation.SECONDARY, f"name '{word}' (ImageType[0]={first or 'missing'})"

@@ -46,11 +46,14 @@ FEATURE_COLUMNS = (
     "standardOrientation",
     "standardDimension",
     "refinedImageType",
+    "isDerivedImage",
+    "isSecondaryImage",
     "standardFieldStrength",
     "standardManufacturer",
     "cleanedModelName",
     "isFatSuppressed",
     "hasMotionCorrection",
+    "sequenceFamily",
     "sequenceClass",
     "isContrastEnhanced",
     "dynamicGroup",
@@ -86,11 +89,14 @@ def _row(rec: SeriesRecord, f: SeriesFeatures) -> tuple[Any, ...]:
         f.orientation.value,
         f.dimension.value,
         f.image_kind.value,
+        f.derived,
+        f.secondary,
         f.field_strength.value,
         f.manufacturer.value,
         f.model_name,
         f.fat_suppressed,
         f.motion_corrected,
+        f.family,
         f.sequence_class,
         f.contrast_enhanced,
         f.dynamic_group,
@@ -111,7 +117,7 @@ def process_mri_dataframe(
     pairs = classify_records(records_from_frame(df), config)
     out = pd.DataFrame([_row(r, f) for r, f in pairs], columns=list(OUTPUT_COLUMNS))
     out["SeriesNumber"] = out["SeriesNumber"].astype("Int64")
-    for col in ("isFatSuppressed", "hasMotionCorrection", "isContrastEnhanced"):
+    for col in ("isFatSuppressed", "hasMotionCorrection", "isContrastEnhanced", "isDerivedImage", "isSecondaryImage"):
         out[col] = out[col].astype(bool)
     log.debug("mr_clean: %d rows -> %d MR series", len(df), len(out))
     return out

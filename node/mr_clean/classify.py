@@ -39,6 +39,9 @@ class SeriesFeatures:
     special: bool = False
     dynamic_group: str = NO_GROUP
     dynamic_phase: str = NO_GROUP
+    family: str = ""  # the sequence family (GRE, TSE, EPI...): the seed's sequenceFamily
+    derived: bool = False
+    secondary: bool = False
     evidence: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -47,9 +50,19 @@ def sequence_class(
 ) -> tuple[str, str, bool]:
     """sequenceClass in priority order: specials, diffusion/BOLD/inversion physics, family x weighting, names,
     then the Dixon/echo/motion suffixes. Returns (class, evidence, is_special)."""
+    if kind is ImageKind.LOCALIZER:
+        return "LOCALIZER", "refinedImageType LOCALIZER", True
+    # An EPI time series is decided by its physics before any name rule: BIDS names such as
+    # "func-bold_task-fa_run-1" carry words ("fa") that would otherwise pick a map class.
+    bold = rules.bold_class(rec, cfg)
+    if bold:
+        return bold[0], bold[1], False
     special = rules.special_class(rec, cfg, kind)
     if special:
         return special[0], special[1], True
+    fieldmap = rules.fieldmap_structure(rec)
+    if fieldmap:
+        return "FIELDMAP", fieldmap, True
     diffusion = rules.diffusion_class(rec, cfg)
     if diffusion:
         return diffusion[0], diffusion[1], False
@@ -58,11 +71,6 @@ def sequence_class(
     physics = family is not None
     if family is None:
         family, fam_why = rules.name_family(rec, cfg)
-    if family is Family.EPI or "EP" in rec.scanning_sequence:
-        kw = cfg.bold_names.find(rec.names)
-        if kw:
-            return "fMRI_BOLD", f"EPI ({fam_why or 'ScanningSequence EP'}) + name '{kw}'", False
-
     inversion, inv_why, ir_t1 = rules.inversion_class(rec, cfg, fs, family)
     if inversion:
         base, why = inversion, inv_why
@@ -104,6 +112,12 @@ def classify_series(rec: SeriesRecord, cfg: MrCleanConfig) -> SeriesFeatures:
     cls, cls_why, special = sequence_class(rec, cfg, fs, kind, dixon, mc)
     fat, fat_why = rules.fat_suppression(rec, cfg, cls, None if special else dixon, dixon_why)
     enhanced, ce_why, ce_source = rules.contrast(rec, cfg, cls)
+    family, fam_why = rules.physics_family(rec, cfg)
+    if family is None:
+        family, fam_why = rules.name_family(rec, cfg)
+    if family is None and rules.is_epi(rec, cfg):
+        family, fam_why = Family.EPI, f"EPI readout ({rules.is_epi(rec, cfg)})"
+    derived, secondary, derived_why = rules.derivation(rec, cfg)
     return SeriesFeatures(
         orientation=orient,
         dimension=dim,
@@ -118,7 +132,12 @@ def classify_series(rec: SeriesRecord, cfg: MrCleanConfig) -> SeriesFeatures:
         dixon=dixon,
         contrast_source=ce_source,
         special=special,
+        family=family.value if family is not None else "UNKNOWN",
+        derived=derived,
+        secondary=secondary,
         evidence={
+            "sequenceFamily": fam_why or "no physics and no name rule",
+            "isDerivedImage": derived_why,
             "standardOrientation": orient_why,
             "standardDimension": dim_why,
             "refinedImageType": kind_why,

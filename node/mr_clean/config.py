@@ -149,10 +149,20 @@ SCHEMA: dict[str, Any] = _strict(
                         "bValueMin": {"type": "number", "minimum": 0},
                         "dwiKeywords": _keywords("name keywords meaning diffusion"),
                         "dtiKeywords": _keywords("name keywords meaning tensor/multi-direction diffusion"),
+                        "dtiMinDirections": {"type": "integer", "minimum": 2,
+                                             "description": "distinct gradient directions from which diffusion is DTI"},
                         "imageTypeTokens": _keywords("ImageType values meaning diffusion"),
                     }
                 ),
-                "bold": _strict({"keywords": _keywords("name keywords meaning BOLD fMRI (EPI only)")}),
+                "bold": _strict(
+                    {
+                        "keywords": _keywords("name keywords meaning BOLD fMRI (EPI only)"),
+                        "minVolumes": {"type": "integer", "minimum": 2,
+                                       "description": "temporal positions from which an EPI series is a time series"},
+                        "echoTimeMs": {"type": "array", "items": _POS, "minItems": 2, "maxItems": 2,
+                                       "description": "[min, max] gradient-echo TE of BOLD"},
+                    }
+                ),
                 "inversion": _strict(
                     {
                         "flairMinMs": _per_field(_POS),
@@ -164,6 +174,8 @@ SCHEMA: dict[str, Any] = _strict(
                 "family": _strict(
                     {
                         "tseEtlMin": {"type": "integer", "minimum": 2},
+                        "irGreTeMaxMs": {"type": "number", "minimum": 0,
+                                         "description": "an inversion-prepared 3D sequence up to this TE is GRE (MPRAGE)"},
                         "singleShotEtlMin": {"type": "integer", "minimum": 2},
                         "spoiledVariants": _keywords("SequenceVariant values meaning spoiled"),
                         "steadyStateVariants": _keywords("SequenceVariant values meaning steady state"),
@@ -292,6 +304,10 @@ class MrCleanConfig:
     dti_names: KeywordSet
     diffusion_tokens: frozenset[str]
     bold_names: KeywordSet
+    bold_min_volumes: int
+    bold_te_range: tuple[float, float]
+    dti_min_directions: int
+    ir_gre_te_max: float
     flair_min: Mapping[FieldStrength, float]
     stir_range: Mapping[FieldStrength, tuple[float, float]]
     flair_names: KeywordSet
@@ -405,6 +421,10 @@ def compile_config(raw: Mapping[str, Any], source: str = "<dict>") -> MrCleanCon
         dti_names=KeywordSet(seq["diffusion"]["dtiKeywords"]),
         diffusion_tokens=_tokens(seq["diffusion"]["imageTypeTokens"]),
         bold_names=KeywordSet(seq["bold"]["keywords"]),
+        bold_min_volumes=int(seq["bold"]["minVolumes"]),
+        bold_te_range=(float(seq["bold"]["echoTimeMs"][0]), float(seq["bold"]["echoTimeMs"][1])),
+        dti_min_directions=int(seq["diffusion"]["dtiMinDirections"]),
+        ir_gre_te_max=float(seq["family"]["irGreTeMaxMs"]),
         flair_min={FieldStrength(k): float(v) for k, v in seq["inversion"]["flairMinMs"].items()},
         stir_range={FieldStrength(k): (float(v[0]), float(v[1])) for k, v in seq["inversion"]["stirRangeMs"].items()},
         flair_names=KeywordSet(seq["inversion"]["flairKeywords"]),

@@ -54,6 +54,8 @@ def fingerprint(rec: SeriesRecord, feat: SeriesFeatures, cfg: MrCleanConfig) -> 
 def _eligible(feat: SeriesFeatures, cfg: MrCleanConfig) -> bool:
     if feat.sequence_class.startswith(cfg.dyn_exclude_prefixes):
         return False
+    if feat.family == "EPI":
+        return False  # repeated EPI runs (fMRI, reverse phase-encode pairs) are not a contrast dynamic
     # Dixon outputs are DERIVED by ImageType on some vendors yet are the primary images of a Dixon DCE.
     return feat.dixon is not None or feat.image_kind.value not in cfg.dyn_exclude_image_types
 
@@ -99,12 +101,22 @@ def study_pass(records: Sequence[SeriesRecord], feats: Sequence[SeriesFeatures],
         else:
             why = f"excluded from dynamics ({f.sequence_class}, {f.image_kind})"
         out[i] = _note(f, dynamicGroup_why=why)
-    dynamic = [sorted(m, key=keys.__getitem__) for m in groups.values() if len(m) >= cfg.min_group_size]
+    candidates = [sorted(m, key=keys.__getitem__) for m in groups.values() if len(m) >= cfg.min_group_size]
+    dynamic = []
+    for members in candidates:
+        # A group is a dynamic only with contrast evidence in it, or the timing pattern of one (enough repeats);
+        # two identical acquisitions alone (a repeat after motion) are not.
+        evidence = any(out[i].contrast_enhanced for i in members if out[i].contrast_source in ("name", "agent"))
+        if evidence or len(members) >= cfg.contrast_min_group_size:
+            dynamic.append(members)
+        else:
+            for i in members:
+                out[i] = _note(out[i], dynamicGroup_why=f"{len(members)} identical series without contrast evidence "
+                                                        f"(a dynamic needs it, or {cfg.contrast_min_group_size} series)")
     dynamic.sort(key=lambda m: keys[m[0]])
     for number, members in enumerate(dynamic, start=1):
         name = f"DYN{number}"
-        evidence_members = [out[i] for i in members if out[i].contrast_source in ("name", "agent")]
-        is_contrast = bool([f for f in evidence_members if f.contrast_enhanced]) or (len(members) >= cfg.contrast_min_group_size)
+        is_contrast = True  # every kept group has contrast evidence or the repeats of a dynamic
         why_group = f"{len(members)} series share body part, position, orientation, class, thickness, TR, TE, FA"
         for k, i in enumerate(members):
             f = out[i]

@@ -160,6 +160,8 @@ class SeriesRecord:
     body_part: str = ""
     n_instances: int = 1
     names: str = ""
+    temporal_positions: int | None = None  # volumes of a time series (None: unknown)
+    gradient_directions: int | None = None  # distinct non-zero diffusion gradient directions (None: no gradient data)
 
     @property
     def time_of_day(self) -> float | None:
@@ -214,7 +216,22 @@ def make_record(row: Mapping[Any, Any]) -> SeriesRecord:
         body_part=to_text(g("BodyPartExamined")).upper(),
         n_instances=n if n is not None and n > 0 else 1,
         names=names_text(desc, proto, seqname),
+        temporal_positions=_temporal_positions(g, n if n is not None and n > 0 else 1),
+        gradient_directions=to_int(g("_gradient_directions")),
     )
+
+
+def _temporal_positions(g: Any, n_instances: int) -> int | None:
+    """Volumes of a time series: NumberOfTemporalPositions, else what the instances show (repeated positions,
+    distinct acquisition or temporal position numbers, or one volume per mosaic)."""
+    counts = [to_int(g(k)) for k in ("NumberOfTemporalPositions", "_n_temporal", "_n_acquisitions")]
+    positions = to_int(g("_n_positions"))
+    if positions:
+        counts.append(n_instances // positions)
+    if "MOSAIC" in to_tokens(g("ImageType")):
+        counts.append(n_instances)
+    known = [c for c in counts if c is not None and c > 0]
+    return max(known) if known else None
 
 
 # Per-instance columns reduced over the whole series rather than taken from its first instance.
@@ -263,12 +280,61 @@ def records_from_frame(df: pd.DataFrame) -> list[SeriesRecord]:
             text = _str_column(frame[col]).str.replace(":", "", regex=False)
             times = pd.to_numeric(text, errors="coerce").astype("float64")
             firsts[col] = times.groupby(frame["_key"], sort=False).min()
+    for col, name in (("AcquisitionNumber", "_n_acquisitions"), ("TemporalPositionIdentifier", "_n_temporal")):
+        if col in frame.columns:
+            firsts[name] = _numeric(frame[col], to_float).groupby(frame["_key"], sort=False).nunique()
+    if "ImagePositionPatient" in frame.columns:
+        positions = frame["ImagePositionPatient"].map(lambda v: _rounded(to_vector(v, 3), 1.0))
+        firsts["_n_positions"] = positions.groupby(frame["_key"], sort=False).nunique()
+    firsts["_gradient_directions"] = _gradient_directions(frame)
     if "EchoNumbers" in frame.columns:
         pairs = pd.DataFrame({"k": frame["_key"], "e": _numeric(frame["EchoNumbers"], to_float)})
         pairs = pairs.dropna().drop_duplicates().sort_values("e")
         firsts["EchoNumbers"] = pairs.groupby("k", sort=False)["e"].agg(tuple)
     firsts = firsts.astype(object).where(firsts.notna(), None)
     return [make_record(row) for row in firsts.to_dict("records")]
+
+
+def _rounded(vector: tuple[float, ...] | None, step: float) -> tuple[int, ...] | None:
+    return None if vector is None else tuple(round(v / step) for v in vector)
+
+
+def _directions(value: Any) -> list[tuple[float, float, float]]:
+    """Gradient vectors in one cell: one vector, or (enhanced multi-frame) the list of its frames' vectors."""
+    items = value if isinstance(value, list | tuple) and value and isinstance(value[0], list | tuple) else [value]
+    out = []
+    for item in items:
+        v = to_vector(item, 3)
+        if v is not None:
+            out.append((v[0], v[1], v[2]))
+    return out
+
+
+def _gradient_directions(frame: pd.DataFrame) -> pd.Series:
+    """Distinct non-zero gradient directions per series (a direction and its opposite count once), from the
+    standard attribute (and Siemens' private one, read into it) or GE/Philips per-axis private elements."""
+    per_row: list[list[tuple[float, float, float]]] = [[] for _ in range(len(frame))]
+    if "DiffusionGradientOrientation" in frame.columns:
+        for i, value in enumerate(frame["DiffusionGradientOrientation"]):
+            per_row[i] = _directions(value)
+    axes = ("GEDiffusionGradientX", "GEDiffusionGradientY", "GEDiffusionGradientZ")
+    if all(a in frame.columns for a in axes):
+        for i, xyz in enumerate(zip(*(frame[a] for a in axes), strict=True)):
+            if not per_row[i]:
+                v = tuple(to_float(c) for c in xyz)
+                if all(c is not None for c in v):
+                    per_row[i] = [(float(v[0]), float(v[1]), float(v[2]))]  # type: ignore[arg-type]
+    found: dict[Any, set[tuple[int, ...]]] = {}
+    for key, vectors in zip(frame["_key"], per_row, strict=True):
+        for x, y, z in vectors:
+            norm = math.sqrt(x * x + y * y + z * z)
+            if norm < 1e-3:
+                continue
+            unit = (x / norm, y / norm, z / norm)
+            if max(unit, key=abs) < 0:
+                unit = (-unit[0], -unit[1], -unit[2])
+            found.setdefault(key, set()).add(tuple(round(c * 50) for c in unit))
+    return pd.Series({k: len(v) for k, v in found.items()}, dtype=object)
 
 
 def _str_column(col: pd.Series) -> pd.Series:

@@ -156,9 +156,14 @@ def diffusion_class(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[str, str] | 
     """DWI/DTI from b-value above the threshold; without one, from diffusion ImageType values or names."""
     b = rec.max_b_value
     dti = cfg.dti_names.find(rec.names)
+    dirs = rec.gradient_directions
     if b is not None and b > cfg.b_value_min:
+        if dirs is not None:
+            cls = "DTI" if dirs >= cfg.dti_min_directions else "DWI"
+            sign = ">=" if cls == "DTI" else "<"
+            return cls, f"physics b={_g(b)}>{_g(cfg.b_value_min)} + {dirs} gradient directions{sign}{cfg.dti_min_directions}"
         extra = f" + name '{dti}'" if dti else ""
-        return ("DTI" if dti else "DWI"), f"physics b={_g(b)}>{_g(cfg.b_value_min)}{extra}"
+        return ("DTI" if dti else "DWI"), f"physics b={_g(b)}>{_g(cfg.b_value_min)}{extra} (no gradient directions)"
     if dti:
         return "DTI", f"name '{dti}'"
     tok = _first(rec.image_type, cfg.diffusion_tokens)
@@ -168,6 +173,65 @@ def diffusion_class(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[str, str] | 
     if kw:
         return "DWI", f"name '{kw}'" + (f" (b={_g(b)})" if b is not None else " (no b-value)")
     return None
+
+
+def is_epi(rec: SeriesRecord, cfg: MrCleanConfig) -> str | None:
+    """Why the readout is echo-planar: ScanningSequence EP, ImageType EPI/FMRI, or an EPI sequence name."""
+    if "EP" in rec.scanning_sequence:
+        return "ScanningSequence EP"
+    tok = _first(rec.image_type, frozenset({"EPI", "FMRI"}))
+    if tok:
+        return f"ImageType {tok}"
+    for fam, keywords in cfg.name_families:
+        if fam is Family.EPI:
+            kw = keywords.find(rec.sequence_name.lower()) or keywords.find(rec.names)
+            if kw:
+                return f"name '{kw}'"
+    return None
+
+
+def bold_class(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[str, str] | None:
+    """fMRI BOLD from physics and structure: an EPI gradient-echo time series with a BOLD echo time; names
+    only confirm an EPI time series. A single-volume EPI (a reverse phase-encode reference) is not BOLD."""
+    if "FMRI" in rec.image_type:
+        return "fMRI_BOLD", "ImageType FMRI"
+    epi = is_epi(rec, cfg)
+    if epi is None or (rec.max_b_value is not None and rec.max_b_value > cfg.b_value_min):
+        return None
+    if _first(rec.image_type, cfg.diffusion_tokens):
+        return None
+    ss = set(rec.scanning_sequence)
+    if "SE" in ss and "GR" not in ss:
+        return None  # spin-echo EPI: diffusion references, SE field maps
+    volumes = rec.temporal_positions
+    if volumes is not None and volumes < cfg.bold_min_volumes:
+        return None
+    lo, hi = cfg.bold_te_range
+    te = rec.echo_time
+    name = cfg.bold_names.find(rec.names)
+    if volumes is not None and te is not None and lo <= te <= hi:
+        extra = f" + name '{name}'" if name else ""
+        return "fMRI_BOLD", f"physics: EPI ({epi}), TE={_g(te)} in [{_g(lo)},{_g(hi)}], {volumes} volumes{extra}"
+    if name:
+        what = f"{volumes} volumes" if volumes is not None else "volumes unknown"
+        return "fMRI_BOLD", f"EPI ({epi}) + name '{name}' ({what})"
+    return None
+
+
+def fieldmap_structure(rec: SeriesRecord) -> str | None:
+    """A B0 map by ImageType ("B0 MAP", split into tokens), or phase images of a two-echo gradient echo."""
+    if {"B0", "MAP"} <= set(rec.image_type):
+        return "ImageType B0 MAP"
+    if "GR" in rec.scanning_sequence and len(rec.echo_numbers) == 2 and _first(rec.image_type, frozenset({"P", "PHASE"})):
+        return f"two-echo GRE phase images (echoes {rec.echo_numbers[0]},{rec.echo_numbers[1]})"
+    return None
+
+
+def derivation(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[bool, bool, str]:
+    """(isDerivedImage, isSecondaryImage, why): the node-wide decision of node.dicom.facts."""
+    kind, why = facts.derivation(rec.image_type, rec.names, vocab=cfg.facts)
+    secondary = kind is facts.Derivation.SECONDARY
+    return secondary or kind is facts.Derivation.DERIVED, secondary, why
 
 
 def physics_family(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[Family | None, str]:
@@ -189,6 +253,10 @@ def physics_family(rec: SeriesRecord, cfg: MrCleanConfig) -> tuple[Family | None
                 if kw:
                     return fam, f"ScanningSequence GR + name '{kw}'"
         return Family.GRE, "ScanningSequence GR"
+    te = rec.echo_time
+    if "IR" in ss and "SE" not in ss and rec.mr_acquisition_type == "3D" and te is not None and te <= cfg.ir_gre_te_max:
+        # MPRAGE, BRAVO, 3D TFE with inversion: a gradient echo whatever ScanningSequence says (GE writes IR).
+        return Family.GRE_SPOILED, f"inversion-prepared 3D with TE={_g(te)}<={_g(cfg.ir_gre_te_max)} (ScanningSequence IR)"
     if ss & {"SE", "IR"}:
         label = "/".join(sorted(ss & {"SE", "IR"}))
         for fam, keywords in cfg.name_families:

@@ -108,14 +108,14 @@ class SeriesFilter:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
-    def verdict(self, series: Mapping[str, Any], instances: int) -> str | None:
+    def verdict(self, series: Mapping[str, Any], instances: int, vocab: facts.Vocabulary | None = None) -> str | None:
         """None if the series is kept, otherwise why it is skipped. series: SERIES-level C-FIND keys."""
         modality = str(series.get("Modality") or "")
         description = str(series.get("SeriesDescription") or "")
         if self.modality and modality not in self.modality:
             return f"modality {modality or '?'} not in {list(self.modality)}"
         if self.exclude_derived:
-            why = derived_reason(series)
+            why = derived_reason(series, vocab)
             if why:
                 return f"derived: {why}"
         if instances < self.min_instances:
@@ -132,10 +132,12 @@ class SeriesFilter:
                 "min_instances": self.min_instances, "include": list(self.include), "exclude": list(self.exclude)}
 
 
-def derived_reason(series: Mapping[str, Any]) -> str | None:
+def derived_reason(series: Mapping[str, Any], vocab: facts.Vocabulary | None = None) -> str | None:
     """Why a series is not an acquisition (reformat, render, screen capture, dose report), or None."""
     image_type = [str(v).upper() for v in (series.get("ImageType") or [])]
-    kind, why = facts.derivation(image_type, str(series.get("SeriesDescription") or ""), str(series.get("Modality") or ""))
+    kind, why = facts.derivation(
+        image_type, str(series.get("SeriesDescription") or ""), str(series.get("Modality") or ""), vocab
+    )
     return why if kind is facts.Derivation.SECONDARY else None
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import Config, PeerConfig, TimeWindow
+from node.dicom import facts
+from node.dicom.keywords import KeywordSet
 from node.ops.metrics import Metrics
 from node.process import completion
 from node.pull import scu
@@ -113,6 +115,10 @@ def address_of(peer: PeerConfig) -> PeerAddress:
     return PeerAddress(peer.ae_title, peer.host, peer.port)
 
 
+def _facts_for(config: Config) -> facts.Vocabulary:
+    return facts.Vocabulary(original_names=KeywordSet(config.requests.original_keywords))
+
+
 def request_counts(store: Store) -> dict[str, int]:
     """Requests per state."""
     return {str(s): int(n) for s, n in store.query("SELECT state, COUNT(*) FROM requests GROUP BY state ORDER BY state")}
@@ -142,6 +148,7 @@ class Scheduler:
         self.on_change = on_change
         self.dispatch_interval_s = dispatch_interval_s
         self.rng = random.Random()
+        self._facts = _facts_for(config)
         self._lock = threading.Condition()
         self._running: set[tuple[str, int]] = set()
         self._running_studies: set[str] = set()
@@ -192,6 +199,7 @@ class Scheduler:
         # Limits and windows are read from self.config at each use, so the new values apply at once;
         # work parked for a window is looked at again now, since the windows may have changed.
         self.config = config
+        self._facts = _facts_for(config)
         with self.store.transaction() as db:
             for table in ("request_queries", "request_studies"):
                 db.execute(f"UPDATE {table} SET next_attempt=? WHERE state=?", (time.time(), WAITING))  # noqa: S608
@@ -425,7 +433,7 @@ class Scheduler:
             if not isinstance(expected, int):
                 # The PACS left the count out: an IMAGE-level C-FIND counts the instances instead.
                 expected = scu.count_instances(address, settings, study_uid, uid)
-            why = "the PACS holds no instance of it" if expected == 0 else filt.verdict(s, expected)
+            why = "the PACS holds no instance of it" if expected == 0 else filt.verdict(s, expected, self._facts)
             rows.append((rid, study_uid, uid, s.get("SeriesNumber"), s.get("Modality"), s.get("SeriesDescription"),
                          expected, "skipped" if why else "selected", why))
         kept = [r for r in rows if r[7] == "selected"]

@@ -16,6 +16,7 @@ from node.process.outputs import SeriesOutcome
 from node.process.workbook.scan import (
     IDENTIFYING,
     MR_CLEAN_KEYWORDS,
+    MR_CLEAN_PRIVATE_KEYS,
     ROW_FLAGS,
     _instances_frame,
     _keyword_attribute,
@@ -73,7 +74,8 @@ def _run_mr_clean(instances: pd.DataFrame, config: Path | dict[str, Any] | None)
     if mr.empty:
         return None, []
     # Only the columns of the MR_clean contract: the classifier does not need the display-only ones.
-    wanted = ("StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "Modality", "InstanceNumber", *MR_CLEAN_KEYWORDS)
+    wanted = ("StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "Modality", "InstanceNumber", *MR_CLEAN_KEYWORDS,
+              *MR_CLEAN_PRIVATE_KEYS)
     mr = mr[[c for c in dict.fromkeys(wanted) if c in mr.columns]]
     try:
         # Imported late: the workbook must still be written when the MR package is missing or broken.

@@ -91,7 +91,13 @@ MR_CLEAN_KEYWORDS = (
     "ContrastBolusAgent",
     "DiffusionBValue",
     "BodyPartExamined",
+    "DiffusionGradientOrientation",
+    "NumberOfTemporalPositions",
+    "TemporalPositionIdentifier",
+    "AcquisitionNumber",
 )
+# Template keys (private, per vendor) MR_clean reads when the MR template provides them.
+MR_CLEAN_PRIVATE_KEYS = ("GEDiffusionGradientX", "GEDiffusionGradientY", "GEDiffusionGradientZ")
 
 _GE_BVALUE_OFFSET = 1_000_000_000  # some GE sequences store b + 1e9 in (0043,1039)
 _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "DS", "IS", "UR"})

@@ -21,8 +21,8 @@ from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, oblique_iop, wr
         ((1, 0, 0, 0, 1, 0), Orientation.AX),
         ((0, 1, 0, 0, 0, -1), Orientation.SAG),
         ((1, 0, 0, 0, 0, -1), Orientation.COR),
-        (oblique_iop(30), Orientation.AX),
-        (oblique_iop(40), Orientation.OBL),
+        (oblique_iop(15), Orientation.AX),
+        (oblique_iop(20), Orientation.OBL),  # more than ~18 degrees from every axis
         ((1, 0, 0, 1, 0, 0), Orientation.UNKNOWN),  # degenerate: row and column parallel
         (None, Orientation.UNKNOWN),
     ],

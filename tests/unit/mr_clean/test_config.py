@@ -17,7 +17,7 @@ def test_the_shipped_config_is_valid_and_is_the_default():
     cfg = load_config()
     assert cfg.source == str(DEFAULT_CONFIG_PATH)
     assert load_config(None) is cfg  # cached by path and mtime
-    assert [s.cls for s in cfg.specials][:4] == ["LOCALIZER", "T1_MAP", "T2_MAP", "ADC"]
+    assert [s.cls for s in cfg.specials][:6] == ["LOCALIZER", "EXCLUDED", "FIELDMAP", "MRCP", "ASL", "T1_MAP"]
 
 
 def test_a_wrong_type_is_reported_with_its_key_path():
@@ -105,7 +105,7 @@ def test_an_edited_config_file_is_reloaded(tmp_path: Path):
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert load_config(path).facts.oblique_threshold == 0.9
-    assert first.facts.oblique_threshold == 0.8
+    assert first.facts.oblique_threshold == 0.95
 
 
 def test_a_dict_passed_as_cfg_wins_over_config_path(tmp_path: Path):

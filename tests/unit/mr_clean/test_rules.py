@@ -212,7 +212,7 @@ def test_stir_ti_range_is_fat_suppressed_and_not_used_for_gradient_echo():
 def test_name_fallback_classifies_series_without_any_physics():
     cases = {"Ax T2 FLAIR": "T2_FLAIR", "Sag T1 FLAIR": "T1", "t2_tirm_cor": "T2_STIR", "Sag MPRAGE": "T1_GRE_SPOILED",
              "PD FSE": "PD_TSE", "T1 SE": "T1_SE", "T2*": "T2STAR_GRE", "B-TFE_BH": "T2_GRE_STEADY_STATE",
-             "sT1W_3D_TFE": "T1_GRE_SPOILED", "MRCP 3D": "T2_TSE", "t2_tse_tra_fs_nav": "T2_TSE",
+             "sT1W_3D_TFE": "T1_GRE_SPOILED", "MRCP 3D": "MRCP", "t2_tse_tra_fs_nav": "T2_TSE",
              "random words": "UNKNOWN", "": "UNKNOWN"}
     got = {d: feats(SeriesDescription=d).sequence_class for d in cases}
     assert got == cases
@@ -229,7 +229,7 @@ def test_echo_suffix_is_added_only_for_a_single_later_echo():
     ("iop", "expected"),
     [
         (AX, "AX"), (SAG, "SAG"), (COR, "COR"),
-        (list(oblique_iop(20, "x")), "AX"), (list(oblique_iop(50, "x")), "OBL"),
+        (list(oblique_iop(15, "x")), "AX"), (list(oblique_iop(20, "x")), "OBL"), (list(oblique_iop(50, "x")), "OBL"),
         ("0\\1\\0\\0\\0\\-1", "SAG"), ("1,0,0,0,0,-1", "COR"),
     ],
 )
@@ -246,11 +246,12 @@ def test_orientation_without_a_usable_iop_falls_back_to_the_name_then_unknown(ju
 
 def test_oblique_threshold_comes_from_the_config():
     raw = dict(CFG.raw)
-    raw["orientation"] = {**raw["orientation"], "obliqueThreshold": 0.95}
-    strict = load_config(raw)
-    rec = make_record({"ImageOrientationPatient": list(oblique_iop(20, "x"))})
-    assert classify_series(rec, CFG).orientation.value == "AX"
-    assert classify_series(rec, strict).orientation.value == "OBL"
+    raw["orientation"] = {**raw["orientation"], "obliqueThreshold": 0.8}
+    lenient = load_config(raw)
+    rec = make_record({"ImageOrientationPatient": list(oblique_iop(25, "x"))})
+    assert classify_series(rec, CFG).orientation.value == "OBL"  # the default: more than ~18 degrees is oblique
+    assert classify_series(rec, lenient).orientation.value == "AX"
+    assert "tilted 25 deg" in classify_series(rec, CFG).evidence["standardOrientation"]
 
 
 @pytest.mark.parametrize(

@@ -142,11 +142,13 @@ def test_brain_protocol_gets_every_class_and_post_contrast_t1(vendor):
     assert "sequenceClass: physics TI=2800>=1600 (3.0T)" in str(out.loc[3, "evidence"])
 
 
-def test_a_repeated_t1_without_contrast_evidence_forms_a_group_but_stays_unenhanced():
+def test_a_repeated_t1_without_contrast_evidence_is_not_a_dynamic_and_stays_unenhanced():
     specs = [series(1, "t1_vibe_tra", "090000", **GRE_3D), series(2, "t1_vibe_tra", "090300", **GRE_3D)]
     out = process_mri_dataframe(frame(StudySpec(series=specs)))
-    assert out["dynamicPhase"].tolist() == ["PRE", "POST_1"]
+    assert out["dynamicGroup"].tolist() == ["NONE", "NONE"]
+    assert out["dynamicPhase"].tolist() == ["NONE", "NONE"]
     assert out["isContrastEnhanced"].tolist() == [False, False]
+    assert "without contrast evidence" in out["evidence"][0]
 
 
 def test_magnitude_and_phase_of_one_acquisition_are_not_dynamic_phases():

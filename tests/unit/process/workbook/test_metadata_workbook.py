@@ -479,8 +479,8 @@ def test_enhanced_mr_parameters_are_read_from_the_functional_groups(tmp_path: Pa
     ("iop", "label"),
     [
         (oblique_iop(10), "AX"),
-        (oblique_iop(30), "AX"),  # |cos 30 deg| = 0.87: above the one oblique threshold (0.8), as MR_Cleaned says
-        (oblique_iop(40), "OBL"),
+        (oblique_iop(15), "AX"),
+        (oblique_iop(30), "OBL"),  # more than ~18 degrees from every axis, as MR_Cleaned says
         ((0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "SAG"),
         ((1.0, 0.0, 0.0, 0.0, 0.0, -1.0), "COR"),
         ((1.0, 0.0), ""),
