@@ -45,6 +45,12 @@ _STRUCTS = {
 }
 
 _EXPLICIT_LE_HEADER = struct.Struct("<HH2sH")
+# Short-form VRs (16-bit length) by their two bytes: one dict lookup both validates and names the VR.
+_SHORT_VRS = {
+    vr.encode("ascii"): vr
+    for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST",
+               "TM", "UI", "UL", "US")
+}
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -259,6 +265,7 @@ class _Walker:
         data = self.data
         fast = not self.implicit and self.little
         explicit_header = _EXPLICIT_LE_HEADER
+        short_vrs = _SHORT_VRS
         while pos < size:
             if pos + 8 > size:
                 out.truncated = f"{size - pos} byte(s) of a cut-off element header at offset {pos}: truncated"
@@ -267,7 +274,8 @@ class _Walker:
                 # The hot loop of every header read (thousands of files per series): one unpack for the common
                 # short-VR element of explicit VR little endian; everything else takes the general path.
                 group, elem, vr_bytes, short_length = explicit_header.unpack_from(data, pos)
-                if vr_bytes not in LONG_VRS and group != 0xFFFE and 65 <= vr_bytes[0] <= 90 and 65 <= vr_bytes[1] <= 90:
+                short_vr = short_vrs.get(vr_bytes)
+                if short_vr is not None and group != 0xFFFE:
                     tag = group << 16 | elem
                     if tag <= last:
                         last = self._order(tag, last, pos)
@@ -280,7 +288,7 @@ class _Walker:
                         )
                         return out
                     if wanted is None or tag in wanted:
-                        elements[tag] = Element(tag, vr_bytes.decode("ascii"), pos + 8, short_length, end)
+                        elements[tag] = Element(tag, short_vr, pos + 8, short_length, end)
                     pos = end
                     continue
             tag, vr, value, length, seq_like = self.header(pos)
