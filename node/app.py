@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import signal
 import threading
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from node import adapters
 from node import config as config_mod
@@ -39,6 +40,9 @@ class Node:
         self.config = config
         for folder in (config.paths.inbox, config.paths.outbox, config.paths.var):
             folder.mkdir(parents=True, exist_ok=True)
+        # Before anything is touched: a second node on the same folders would sweep the running one's temp
+        # files and open deliveries. The lock goes with the process, however it ends.
+        self._lock: IO[bytes] | None = _lock_var(config.paths.var)
         self.store = Store(config.paths)
         s = config.storage
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
@@ -113,6 +117,7 @@ class Node:
     def stop(self, drain_timeout: float | None = None) -> None:
         if not self._started:
             self.store.close()
+            self._unlock()
             return
         self.metrics.set("dicomnode_up", 0.0)
         # Requests first: a running move needs the SCP to land its last instances.
@@ -128,6 +133,23 @@ class Node:
             self.health = None
         self.store.close()
         self._started = False
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+
+def _lock_var(var: Path) -> IO[bytes]:
+    """An exclusive lock on var/ (flock on var/node.lock); OSError naming the folder when another node holds it."""
+    handle = (var / "node.lock").open("a+b")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OSError(f"another dicom-node is running on {var} (it holds {var / 'node.lock'})") from None
+    return handle
 
 
 def completion_config(config: Config) -> CompletionConfig:

@@ -106,6 +106,9 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
         for key in ("certificate", "private_key"):
             if not tls.get(key):
                 problems.append(f"At 'node.tls.{key}': required when TLS is enabled")
+        if tls.get("require_client_certificate") and not tls.get("ca_file"):
+            problems.append("At 'node.tls.ca_file': required when require_client_certificate is true "
+                            "(without it, any certificate of the system's public CAs would be accepted)")
     return problems
 
 

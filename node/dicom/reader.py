@@ -19,7 +19,9 @@ import struct
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from pydicom.dataelem import RawDataElement
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -82,9 +84,10 @@ class Walk:
 
     implicit: bool
     little: bool
-    elements: dict[int, Element] = field(default_factory=dict)
+    elements: dict[int, Any] = field(default_factory=dict)  # Element, or pydicom RawDataElement in raw mode
     pixel: Element | None = None
     truncated: str | None = None
+    unsupported: str | None = None  # raw mode: something pydicom's own reader converts better (UN of undefined length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +260,7 @@ class _Walker:
         if pos != end:
             raise ReadError(f"sequence items overrun their sequence by {pos - end} bytes")
 
-    def top(self, pos: int, wanted: Container[int] | None, stop_at_pixels: bool) -> Walk:
+    def top(self, pos: int, wanted: Container[int] | None, stop_at_pixels: bool, raw: bool = False) -> Walk:
         out = Walk(self.implicit, self.little)
         elements = out.elements
         size = self.size
@@ -287,7 +290,10 @@ class _Walker:
                             f"but the dataset ends at {size}: truncated"
                         )
                         return out
-                    if wanted is None or tag in wanted:
+                    if raw:
+                        elements[tag] = RawDataElement(tag, short_vr, short_length, _bytes(data[pos + 8 : end]),
+                                                       pos + 8, False, True)
+                    elif wanted is None or tag in wanted:
                         elements[tag] = Element(tag, short_vr, pos + 8, short_length, end)
                     pos = end
                     continue
@@ -310,7 +316,17 @@ class _Walker:
                     return out
                 if seq_like and self.strict and not self.implicit:
                     self._check_items(value, end, 1)
-            if wanted is None or tag in wanted:
+            if raw:
+                if length == UNDEFINED:
+                    if vr not in (None, "SQ"):
+                        out.unsupported = f"undefined length on {vr} element {tag:08X}"
+                    content = _bytes(data[value : end - 8])
+                    elements[tag] = RawDataElement(tag, "SQ", len(content), content, value,  # type: ignore[arg-type]
+                                                   self.implicit, self.little)
+                else:
+                    elements[tag] = RawDataElement(tag, vr, length, _bytes(data[value:end]), value,  # type: ignore[arg-type]
+                                                   self.implicit, self.little)
+            elif wanted is None or tag in wanted:
                 element = Element(tag, vr, value, length, end)
                 if FIRST_PIXEL_TAG <= tag <= PIXEL_DATA:
                     out.pixel = element
@@ -327,13 +343,16 @@ def walk(
     wanted: Container[int] | None = None,
     stop_at_pixels: bool = False,
     strict: bool = False,
+    raw: bool = False,
 ) -> Walk:
     """Walk the dataset in data[start:] (no file meta) in the given transfer syntax.
 
     wanted: the top-level tags to record (None: all). stop_at_pixels: end the walk at the first pixel data
     element (recorded in `pixel`, its value not walked). strict: also walk the items of defined-length
-    sequences, so every nested element is proven to fit (network input). A top-level element that runs past
-    the end is reported in `truncated`; anything else malformed raises ReadError.
+    sequences, so every nested element is proven to fit (network input). raw: record every top-level element
+    as a pydicom RawDataElement holding its value bytes (pydicom converts it on access as if it had read it),
+    in the same pass. A top-level element that runs past the end is reported in `truncated`; anything else
+    malformed raises ReadError.
     """
     if transfer_syntax == DEFLATED_VR_LE:
         raise ReadError("deflated datasets are not read (an inflate can grow without bound)")
@@ -341,17 +360,22 @@ def walk(
     little = transfer_syntax != EXPLICIT_VR_BE
     try:
         try:
-            return _Walker(data, implicit, little, strict).top(start, wanted, stop_at_pixels)
+            return _Walker(data, implicit, little, strict).top(start, wanted, stop_at_pixels, raw)
         except ReadError as exc:
             if implicit or not little or not str(exc).startswith("invalid VR"):
                 raise
             # Some senders label an implicit VR dataset as explicit; pydicom reads those too.
-            return _Walker(data, True, True, strict).top(start, wanted, stop_at_pixels)
+            return _Walker(data, True, True, strict).top(start, wanted, stop_at_pixels, raw)
     except struct.error as exc:
         raise ReadError(f"malformed element header: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- files
+
+
+def _bytes(value: Any) -> bytes:
+    """Slices of bytes and mmap are bytes already; a memoryview's are not."""
+    return value if type(value) is bytes else bytes(value)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ AE_MAX_LEN = 16
 
 def is_valid_uid(value: object) -> bool:
     """True when value is a syntactically valid DICOM UID (safe to use as a file or folder name)."""
-    return isinstance(value, str) and 0 < len(value) <= UID_MAX_LEN and _UID_RE.match(value) is not None
+    return isinstance(value, str) and 0 < len(value) <= UID_MAX_LEN and _UID_RE.fullmatch(value) is not None
 
 
 def uid_problem(value: object) -> str | None:
@@ -21,7 +21,7 @@ def uid_problem(value: object) -> str | None:
         return "missing"
     if len(value) > UID_MAX_LEN:
         return f"longer than {UID_MAX_LEN} characters"
-    if _UID_RE.match(value) is None:
+    if _UID_RE.fullmatch(value) is None:
         return "not a dotted sequence of numbers without leading zeros"
     return None
 

@@ -61,7 +61,7 @@ def _per_field(schema: dict[str, Any]) -> dict[str, Any]:
 
 _NUM = {"type": "number"}
 _POS = {"type": "number", "exclusiveMinimum": 0}
-_CLASS_NAME = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"}
+_CLASS_NAME = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_]*\Z"}
 _PREFIXES = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 _WEIGHTING_LIMITS = _strict(

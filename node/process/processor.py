@@ -305,7 +305,9 @@ class Processor:
                 return
             future = self._pool.submit(run_job, job)
             self._running[study_uid] = future
-        log.info("Processing study %s version %d into outbox/%s (%s)", study_uid, version, job.folder, ", ".join(job.outputs))
+        # The folder name is built from PatientID, StudyDate and AccessionNumber: identifiers go to DEBUG only.
+        log.info("Processing study %s version %d (%s)", study_uid, version, ", ".join(job.outputs))
+        log.debug("Study %s version %d goes to outbox/%s", study_uid, version, job.folder)
         future.add_done_callback(functools.partial(self._finished, marker=marker))
 
     def _claim(self, study_uid: str, version: int, payload: dict[str, Any]) -> StudyJob | None:
@@ -379,13 +381,13 @@ class Processor:
         if result.ok:
             state.set_state(self.store, study_uid, StudyState.DONE, result.reason, outbox_path=result.folder)
             log.info(
-                "Study %s version %d done in %.1fs: outbox/%s%s",
+                "Study %s version %d done in %.1fs%s",
                 study_uid,
                 result.version,
                 result.seconds,
-                result.folder,
                 f" ({len(result.warnings)} warning(s))" if result.warnings else "",
             )
+            log.debug("Study %s published in outbox/%s", study_uid, result.folder)
         else:
             state.set_state(self.store, study_uid, StudyState.FAILED, result.reason)
             log.error("Study %s failed: %s", study_uid, result.reason)

@@ -38,7 +38,7 @@ SCHEMA: dict[str, Any] = {
                     "accession": _ID_TEXT,
                     "patient_id": _ID_TEXT,
                     "study_date": {"type": ["string", "integer"]},
-                    "modality": {"type": "string", "pattern": r"^[A-Z0-9]{1,16}$"},
+                    "modality": {"type": "string", "pattern": r"^[A-Z0-9]{1,16}\Z"},
                 },
                 "oneOf": [{"required": ["accession"]}, {"required": ["patient_id"]}],
             },
@@ -47,7 +47,7 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "modality": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Z0-9]{1,16}$"}, "minItems": 1},
+                "modality": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Z0-9]{1,16}\Z"}, "minItems": 1},
                 "exclude_derived": {"type": "boolean"},
                 "min_instances": {"type": "integer", "minimum": 0},
                 "include": {"type": "array", "items": {"type": "string"}},
@@ -217,7 +217,7 @@ def _valid_date(text: str) -> bool:
 
 
 def _date_problem(value: str) -> str | None:
-    m = _DATE_RANGE.match(value)
+    m = _DATE_RANGE.fullmatch(value)
     if not value or not m or (m.group(1) is None and m.group(3) is None) or (m.group(2) is None and m.group(3)):
         return f"{value!r} is not YYYYMMDD, YYYYMMDD-YYYYMMDD, YYYYMMDD- or -YYYYMMDD"
     for part in (m.group(1), m.group(3)):

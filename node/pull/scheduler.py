@@ -411,7 +411,8 @@ class Scheduler:
                      now, now),
                 )
             db.execute("UPDATE request_queries SET state=?, found=?, reason=NULL WHERE id=?", (FOUND, len(matches), qid))
-        log.info("Request %d: %s matched %d stud(ies)", rid, query.describe(), len(matches))
+        log.info("Request %d: query %d matched %d stud(ies)", rid, qid, len(matches))
+        log.debug("Request %d: query %d is %s", rid, qid, query.describe())
 
     def _series_filter(self, rid: int) -> SeriesFilter:
         (raw,) = self.store.query("SELECT series_filter FROM requests WHERE id=?", (rid,))[0]

@@ -234,13 +234,16 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         n = self.config.node
-        server = self.ae.make_server(
-            (n.bind, n.port),
-            ssl_context=self._ssl_context(),
-            evt_handlers=handlers,
-            server_class=NodeServer,
-            request_handler=Handler,
-        )
+        try:
+            server = self.ae.make_server(
+                (n.bind, n.port),
+                ssl_context=self._ssl_context(),
+                evt_handlers=handlers,
+                server_class=NodeServer,
+                request_handler=Handler,
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {n.bind}:{n.port} (node.bind/node.port): {exc.strerror or exc}") from None
         server.daemon_threads = True
         adapters.register_server(self.ae, server)
         self._server = server

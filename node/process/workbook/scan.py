@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pandas as pd
 from pydicom import dcmread
@@ -320,20 +320,13 @@ def _fast_header(path: str | Path) -> _Elements | None:
             pos = meta.dataset_offset
             if syntax == reader.IMPLICIT_VR_LE and bytes(buf[pos + 4 : pos + 6]).decode("latin-1") in VALID_VRS:
                 return None  # declared implicit but written explicit: dcmread detects and handles that
-            found = reader.walk(buf, syntax, pos, stop_at_pixels=True)
-            if found.truncated:
-                return None
-            out: _Elements = {}
-            for tag, element in found.elements.items():
-                vr = element.vr
-                if element.length == reader.UNDEFINED:
-                    if vr not in (None, "SQ"):
-                        return None  # e.g. UN of undefined length: dcmread converts it
-                    vr = "SQ"
-                value = bytes(buf[element.offset : element.value_end])
-                # A plain int tag: pydicom's DataElement turns it into a BaseTag if the element is ever converted.
-                out[tag] = RawDataElement(cast(BaseTag, tag), vr, len(value), value, element.offset, found.implicit, found.little)
-            return out
+            # raw: the walk itself records RawDataElements (plain int tags: pydicom's DataElement turns them into
+            # a BaseTag if an element is ever converted), so there is no second pass over the elements.
+            found = reader.walk(buf, syntax, pos, stop_at_pixels=True, raw=True)
+            if found.truncated or found.unsupported:
+                return None  # dcmread's leniency decides (e.g. UN of undefined length)
+            elements: _Elements = found.elements
+            return elements
     except (OSError, struct.error, UnicodeDecodeError, ValueError):  # reader.ReadError is a ValueError
         return None
 
@@ -348,7 +341,7 @@ class _HeaderReader:
         charset = self.elements.get(0x00080005)
         self.charsets = normalise_charsets(None if charset is None else charset.value)
         self.flags: list[str] = []
-        self._creators: dict[int, dict[str, int]] = {}
+        self._creators: dict[int, dict[str, int]] | None = None
 
     @property
     def ds(self) -> Dataset:
@@ -395,16 +388,15 @@ class _HeaderReader:
                 return int(ds.private_block(group, creator).get_tag(offset))
             except KeyError:
                 return None
-        blocks = self._creators.get(group)
-        if blocks is None:
-            blocks = {}
+        if self._creators is None:
+            # One pass over the elements for every private group (templates ask for several per file).
+            self._creators = {}
             for tag, raw in self.elements.items():
-                if tag >> 16 == group and 0x10 <= (tag & 0xFFFF) <= 0xFF:
+                if tag >> 16 & 1 and 0x10 <= (tag & 0xFFFF) <= 0xFF:
                     name = raw.value.decode("latin-1") if isinstance(raw.value, bytes) else raw.value
                     if isinstance(name, str):
-                        blocks.setdefault(name.strip(" \x00"), tag & 0xFF)
-            self._creators[group] = blocks
-        block = blocks.get(creator)
+                        self._creators.setdefault(tag >> 16, {}).setdefault(name.strip(" \x00"), tag & 0xFF)
+        block = self._creators.get(group, {}).get(creator)
         return None if block is None else (group << 16) | (block << 8) | offset
 
     def _values(

@@ -185,7 +185,7 @@ def _parse_attribute(entry: object, where: str) -> tuple[Attribute | None, list[
         key = str(entry.get("key", ""))
         if not key:
             return None, [f'{where}: a private "tag" entry needs a "key" (its column name in the raw frame)']
-    if not _KEY_RE.match(key.replace(".", "_")):
+    if not _KEY_RE.fullmatch(key.replace(".", "_")):
         return None, [f"{where}: key {key!r} must be an identifier"]
     if "key" in entry and entry["key"] in keyword_dict and entry["key"] != entry.get("keyword"):
         return None, [f"{where}: key {entry['key']!r} is a DICOM keyword of another attribute"]
@@ -222,7 +222,7 @@ def _parse_source(entry: Mapping[str, Any], where: str) -> tuple[TagSource | Non
         if "creator" in entry:
             return None, [f'{where}: "creator" only applies to private "tag" entries']
         return TagSource(tuple(path), vr, None, transform), []
-    m = _TAG_RE.match(str(entry["tag"]))
+    m = _TAG_RE.fullmatch(str(entry["tag"]))
     if not m:
         return None, [f"{where}: tag {entry['tag']!r} is not of the form (gggg,eeee)"]
     group, elem = int(m[1], 16), int(m[2], 16)

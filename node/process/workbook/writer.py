@@ -67,7 +67,7 @@ def escape_illegal(text: str) -> str:
 
 def parse_da(text: str) -> datetime.date | None:
     """A DICOM DA value as a date, None when it is not a valid YYYYMMDD date Excel can show."""
-    m = _DA.match(text.strip())
+    m = _DA.fullmatch(text.strip())
     if not m:
         return None
     try:
@@ -79,7 +79,7 @@ def parse_da(text: str) -> datetime.date | None:
 
 def parse_tm(text: str) -> datetime.time | None:
     """A DICOM TM value (HHMMSS.FFFFFF, or the old HH:MM:SS form) as a time, None when invalid."""
-    m = _TM.match(text.strip())
+    m = _TM.fullmatch(text.strip())
     if not m:
         return None
     try:
@@ -92,7 +92,7 @@ def parse_tm(text: str) -> datetime.time | None:
 
 def parse_dt(text: str) -> datetime.datetime | None:
     """A DICOM DT value as a naive datetime in the wall-clock time it was recorded in (offset dropped)."""
-    m = _DT.match(text.strip())
+    m = _DT.fullmatch(text.strip())
     if not m:
         return None
     try:

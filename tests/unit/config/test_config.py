@@ -194,3 +194,16 @@ def test_the_nifti_section_is_typed_with_the_schema_defaults():
     assert cfg.nifti.compress is False
     assert cfg.nifti.max_name_len == config_mod.SCHEMA["properties"]["nifti"]["properties"]["max_name_len"]["default"]
     assert config_mod.NiftiOptions() == config_mod.parse(yaml.safe_dump(shipped()), source="t", environ={}).nifti
+
+
+def test_requiring_client_certificates_without_a_ca_file_is_refused():
+    data = shipped()
+    data["node"]["tls"] = {"enabled": True, "certificate": "c.pem", "private_key": "k.pem",
+                           "require_client_certificate": True}
+    assert any(p.startswith("At 'node.tls.ca_file': required when require_client_certificate") for p in problems_of(data))
+
+
+def test_a_request_time_window_with_a_trailing_newline_is_refused():
+    data = shipped()
+    data["peers"]["pacs"]["windows"] = [{"start": "20:00\n", "end": "06:00"}]
+    assert any("windows" in p for p in problems_of(data))

@@ -26,3 +26,9 @@ def test_ae_titles_follow_the_ae_vr():
     assert ae_title_problem("DICOMNODE") is None
     assert ae_title_problem("  ") is not None
     assert ae_title_problem("A\tB") is not None
+
+
+@pytest.mark.parametrize("value", ["1.2.3\n", "1.2.3\r\n", "1.2.3\x00", " 1.2.3", "1.2.3 "])
+def test_a_uid_with_a_trailing_newline_or_padding_is_invalid_everywhere(value: str) -> None:
+    assert not is_valid_uid(value)
+    assert uid_problem(value) is not None
