@@ -2,9 +2,9 @@
 
 Three callers use it: the store (untrusted network input: `strict=True` proves that every element and every
 sequence item fits, and hostile bytes fail in microseconds), the NIfTI volume builder and the workbook's header
-scan (`stop_at_pixels=True`: only the header is touched). The walk reads element headers only; values are
-sliced on demand. Files are memory-mapped, so a header of any length (large Siemens CSA or Philips private
-sequences) is walked once, without reading the pixel data or a second pass.
+scan (`read_header`: only the header is touched). The walk reads element headers only; values are sliced on
+demand. A header is read with one 64 KiB read; a longer one (large Siemens CSA or Philips private sequences)
+is walked over a memory mapping of the file, so it is never re-read whole and the pixel data is never read.
 
 It is as lenient as pydicom where real senders deviate (an implicit dataset labelled explicit, UN elements
 holding implicit sequences, a few out-of-order tags) and strict where a walk could be made expensive.
@@ -16,7 +16,7 @@ import contextlib
 import mmap
 import os
 import struct
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -390,6 +390,48 @@ def mapped(path: Path | str) -> Iterator[Buffer]:
             yield mm
     finally:
         os.close(fd)
+
+
+_FIRST_READ = 64 * 1024
+
+
+def read_header(
+    path: Path | str,
+    accept: Callable[[FileMeta], bool],
+    *,
+    wanted: Container[int] | None = None,
+    raw: bool = False,
+) -> tuple[FileMeta, Walk, bytes] | None:
+    """Meta and the walk of a Part 10 file's header up to its pixel data, and the bytes the walk indexes.
+
+    The first 64 KiB are read with one read(): almost every header ends there, and a read costs less than
+    mapping the file (an munmap in a process whose other threads are busy, SimpleITK's or the SCP's, makes
+    the kernel interrupt every core to flush their TLBs). A longer header (big vendor private blocks) is
+    walked once more over a mapping of the file, never by reading the pixel data. None when the file is not
+    Part 10 or `accept(meta)` says no; ReadError when it is malformed.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(_FIRST_READ)
+    complete = len(head) < _FIRST_READ
+    if not is_part10(head):
+        return None
+    try:
+        meta = parse_meta(head)
+        if not accept(meta):
+            return None
+        found = walk(head, meta.transfer_syntax, meta.dataset_offset, wanted=wanted, stop_at_pixels=True, raw=raw)
+        if complete or (found.pixel is not None and not found.truncated):
+            return meta, found, head
+    except ReadError:
+        if complete:
+            raise
+    with mapped(path) as mm:
+        meta = parse_meta(mm)
+        if not accept(meta):
+            return None
+        found = walk(mm, meta.transfer_syntax, meta.dataset_offset, wanted=wanted, stop_at_pixels=True, raw=raw)
+        end = found.pixel.offset if found.pixel is not None else len(mm)
+        return meta, found, bytes(mm[:end])
 
 
 def file_dataset_offset(path: Path | str) -> int:

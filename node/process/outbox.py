@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -77,8 +78,28 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def publish(staged: Path, final: Path) -> None:
-    """Make staged visible as final in one step; an existing final is swapped out atomically, then removed."""
+class FolderTaken(OSError):
+    """The outbox folder exists and is not a previous version of this study: it is never replaced."""
+
+
+def owner(folder: Path) -> str | None:
+    """The StudyInstanceUID in a published folder's manifest (None: no readable manifest)."""
+    try:
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    uid = data.get("study_uid") if isinstance(data, dict) else None
+    return str(uid) if uid else None
+
+
+def publish(staged: Path, final: Path, study_uid: str | None = None) -> None:
+    """Make staged visible as final in one step; an existing final is swapped out atomically, then removed.
+
+    With study_uid, an existing final that is not this study's (another study's manifest, or a folder
+    without one) raises FolderTaken instead of being replaced.
+    """
+    if study_uid is not None and final.exists() and owner(final) != study_uid:
+        raise FolderTaken(f"outbox/{final.name} belongs to another study or to no study: not replaced")
     fsync_tree(staged)
     parent = final.parent
     if not final.exists():

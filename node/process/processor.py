@@ -26,7 +26,7 @@ from node.config import Config, NiftiOptions
 from node.dicom.validators import is_valid_uid
 from node.ops.metrics import Metrics
 from node.process import completion
-from node.process.outbox import TEMP_PREFIX, disambiguate, folder_name, publish, sweep
+from node.process.outbox import TEMP_PREFIX, FolderTaken, disambiguate, folder_name, publish, sweep
 from node.store import state
 from node.store.state import StudyState
 from node.store.store import Store, file_sha256
@@ -187,7 +187,15 @@ def run_job(job: StudyJob) -> JobResult:
         }
         with (staged / "manifest.json").open("w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2, ensure_ascii=False)
-        publish(staged, outbox / job.folder)
+        folder = job.folder
+        try:
+            publish(staged, outbox / folder, job.study_uid)
+        except FolderTaken:
+            # A folder of the same name that is not ours (another study, or put there by hand) is never
+            # replaced: publish beside it under the study's own disambiguated name.
+            folder = disambiguate(job.folder, job.study_uid)
+            log.warning("Study %s: outbox folder taken by another study; publishing under a unique name", job.study_uid)
+            publish(staged, outbox / folder, job.study_uid)
     except Exception as exc:  # noqa: BLE001 - a failed study is reported in its state, never crashes the pool
         shutil.rmtree(staged, ignore_errors=True)
         return JobResult(
@@ -200,7 +208,7 @@ def run_job(job: StudyJob) -> JobResult:
             seconds=time.monotonic() - started,
         )
     summary = "; ".join(errors) if errors else "ok"
-    return JobResult(job.study_uid, job.version, job.folder, True, summary, tuple(warnings), time.monotonic() - started)
+    return JobResult(job.study_uid, job.version, folder, True, summary, tuple(warnings), time.monotonic() - started)
 
 
 class _ReadyHandler(FileSystemEventHandler):
@@ -320,8 +328,9 @@ class Processor:
                 self._remove_marker(study_uid, version)
             return None
         attributes = {"PatientID": study.patient_id, "StudyDate": study.study_date, "AccessionNumber": study.accession}
-        folder = self._folder_for(study_uid, attributes)
-        if not state.claim(self.store, study_uid, version):
+        name = self._folder_for(study_uid, attributes)
+        folder = state.claim(self.store, study_uid, version, name, disambiguate(name, study_uid))
+        if folder is None:
             return None
         p = self.config.processing
         return StudyJob(

@@ -274,7 +274,14 @@ class Inbox:
             try:
                 self.take(path)
             except OSError as exc:
-                log.error("Cannot take request file %s: %s", path.name, exc)
+                log.error("Cannot take request file %r: %s", path.name, exc)
+            except Exception as exc:  # logged with its traceback; one file must never jam the inbox
+                log.exception("Unexpected error reading request file %r; moving it to failed/", path.name)
+                try:
+                    self._refuse(path, [f"At '<file>': the node could not read this request ({type(exc).__name__}: "
+                                        f"{str(exc)[:200]})"])
+                except OSError as move_error:
+                    log.error("Cannot move %r to failed/: %s", path.name, move_error)
         return wait
 
     def _forget(self, path: Path) -> None:

@@ -167,15 +167,27 @@ def _yaml_position(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps dates and times as the text the user wrote: an impossible unquoted date
+    (2025-13-45) must become a located error of the request, not an exception inside the YAML parser."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+
+
 def _load_yaml(text: str) -> Any:
     """Parse YAML; aliases are refused because a few lines of them can expand into millions of nodes."""
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_Loader):
             if isinstance(event, yaml.AliasEvent):
                 mark = event.start_mark
                 where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
                 raise RequestError([f"At {where}: YAML aliases (*name) are not allowed in request files"])
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader without timestamps
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         raise RequestError([f"At {_yaml_position(exc)}: YAML syntax error: {problem}"]) from None
@@ -254,7 +266,8 @@ def validate(data: Any, name: str, sha256: str, peers: Sequence[str]) -> Request
     for i, entry in enumerate(data["studies"]):
         study_date = entry.get("study_date")
         if study_date is not None:
-            study_date = str(study_date)
+            # YAML dates (2025-01-31), alone or on either side of a range, are accepted as DICOM dates.
+            study_date = _ISO_DATE.sub(r"\1\2\3", str(study_date).strip())
             problem = _date_problem(study_date)
             if problem:
                 problems.append(f"At 'studies[{i}].study_date': {problem}")

@@ -91,14 +91,22 @@ def set_state(store: Store, study_uid: str, state: StudyState, reason: str | Non
         db.execute(sql, (state, time.time(), reason, *extra.values(), study_uid))
 
 
-def claim(store: Store, study_uid: str, version: int) -> bool:
-    """complete -> processing for exactly this version (one attempt more); False when someone else has it."""
+def claim(store: Store, study_uid: str, version: int, folder: str, alternative: str) -> str | None:
+    """complete -> processing for exactly this version (one attempt more), reserving its outbox folder.
+
+    The folder is `folder` unless another study holds it, then `alternative`; the check and the reservation
+    are one transaction, so two studies claimed at the same time never get the same folder. Returns the
+    reserved folder, or None when someone else has the claim.
+    """
     with store.transaction() as db:
+        taken = db.execute("SELECT 1 FROM studies WHERE outbox_path=? AND study_uid<>?", (folder, study_uid)).fetchone()
+        chosen = alternative if taken else folder
         cur = db.execute(
-            "UPDATE studies SET state=?, state_changed=?, attempts=attempts+1 WHERE study_uid=? AND state=? AND version=?",
-            (StudyState.PROCESSING, time.time(), study_uid, StudyState.COMPLETE, version),
+            "UPDATE studies SET state=?, state_changed=?, attempts=attempts+1, outbox_path=?"
+            " WHERE study_uid=? AND state=? AND version=?",
+            (StudyState.PROCESSING, time.time(), chosen, study_uid, StudyState.COMPLETE, version),
         )
-        return cur.rowcount == 1
+        return chosen if cur.rowcount == 1 else None
 
 
 def requeue(store: Store, study_uid: str) -> None:

@@ -67,20 +67,20 @@ _READ = frozenset(WANTED)
 def read_fast(path: Path) -> dict[str, object] | None:
     """Values of WANTED keywords plus "_pixel_offset", "_pixel_length", "_transfer_syntax"; None -> use pydicom."""
     try:
-        with reader.mapped(path) as buf:
-            meta = reader.parse_meta(buf)
-            syntax = meta.transfer_syntax
-            if syntax not in (EXPLICIT_LE, IMPLICIT_LE):
-                return None
-            found = reader.walk(buf, syntax, meta.dataset_offset, wanted=_READ, stop_at_pixels=True)
-            pixel = found.pixel
-            if found.truncated or pixel is None or pixel.tag != PIXEL_DATA or pixel.length == reader.UNDEFINED:
-                return None  # no pixel data, or encapsulated pixel data: pydicom decodes it
-            out: dict[str, object] = {"_transfer_syntax": syntax, "_pixel_offset": pixel.offset, "_pixel_length": pixel.length}
-            for tag, element in found.elements.items():
-                keyword, kind = WANTED[tag]
-                out[keyword] = _decode(bytes(buf[element.offset : element.value_end]), kind)
-            return out
+        read = reader.read_header(path, lambda meta: meta.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE), wanted=_READ)
+        if read is None:
+            return None
+        meta, found, buf = read
+        pixel = found.pixel
+        if found.truncated or pixel is None or pixel.tag != PIXEL_DATA or pixel.length == reader.UNDEFINED:
+            return None  # no pixel data, or encapsulated pixel data: pydicom decodes it
+        out: dict[str, object] = {
+            "_transfer_syntax": meta.transfer_syntax, "_pixel_offset": pixel.offset, "_pixel_length": pixel.length,
+        }
+        for tag, element in found.elements.items():
+            keyword, kind = WANTED[tag]
+            out[keyword] = _decode(buf[element.offset : element.value_end], kind)
+        return out
     except (OSError, struct.error, UnicodeDecodeError, ValueError, IndexError):  # ReadError is a ValueError
         return None
 

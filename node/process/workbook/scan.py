@@ -308,25 +308,25 @@ def _read_header(path: str, fast: bool = True) -> tuple[_Elements, Dataset | Non
 _UNSUPPORTED_FAST_SYNTAXES = frozenset({reader.EXPLICIT_VR_BE, reader.DEFLATED_VR_LE})
 
 
+def _accept_fast(meta: reader.FileMeta) -> bool:
+    return bool(meta.transfer_syntax) and meta.transfer_syntax not in _UNSUPPORTED_FAST_SYNTAXES
+
+
 def _fast_header(path: str | Path) -> _Elements | None:
     try:
-        with reader.mapped(path) as buf:
-            if not reader.is_part10(buf):
-                return None
-            meta = reader.parse_meta(buf)
-            syntax = meta.transfer_syntax
-            if not syntax or syntax in _UNSUPPORTED_FAST_SYNTAXES:
-                return None
-            pos = meta.dataset_offset
-            if syntax == reader.IMPLICIT_VR_LE and bytes(buf[pos + 4 : pos + 6]).decode("latin-1") in VALID_VRS:
-                return None  # declared implicit but written explicit: dcmread detects and handles that
-            # raw: the walk itself records RawDataElements (plain int tags: pydicom's DataElement turns them into
-            # a BaseTag if an element is ever converted), so there is no second pass over the elements.
-            found = reader.walk(buf, syntax, pos, stop_at_pixels=True, raw=True)
-            if found.truncated or found.unsupported:
-                return None  # dcmread's leniency decides (e.g. UN of undefined length)
-            elements: _Elements = found.elements
-            return elements
+        # raw: the walk itself records RawDataElements (plain int tags: pydicom's DataElement turns them into
+        # a BaseTag if an element is ever converted), so there is no second pass over the elements.
+        read = reader.read_header(path, _accept_fast, raw=True)
+        if read is None:
+            return None
+        meta, found, buf = read
+        pos = meta.dataset_offset
+        if meta.transfer_syntax == reader.IMPLICIT_VR_LE and buf[pos + 4 : pos + 6].decode("latin-1") in VALID_VRS:
+            return None  # declared implicit but written explicit: dcmread detects and handles that
+        if found.truncated or found.unsupported:
+            return None  # dcmread's leniency decides (e.g. UN of undefined length)
+        elements: _Elements = found.elements
+        return elements
     except (OSError, struct.error, UnicodeDecodeError, ValueError):  # reader.ReadError is a ValueError
         return None
 

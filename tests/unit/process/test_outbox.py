@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from node.process.outbox import DEFAULT_TEMPLATE, disambiguate, folder_name, publish, sweep
+import pytest
+
+from node.process.outbox import DEFAULT_TEMPLATE, FolderTaken, disambiguate, folder_name, publish, sweep
 
 
 def test_folder_names_come_from_slugged_attributes():
@@ -53,3 +55,30 @@ def test_sweep_removes_only_staging_folders(tmp_path):
     (tmp_path / "real").mkdir()
     assert sweep(tmp_path) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["real"]
+
+
+def _folder(root, name: str, study_uid: str | None):
+    folder = root / name
+    folder.mkdir(parents=True)
+    if study_uid is not None:
+        (folder / "manifest.json").write_text(json.dumps({"study_uid": study_uid, "version": 1}))
+    return folder
+
+
+def test_a_publish_never_replaces_another_studys_folder(tmp_path):
+    theirs = _folder(tmp_path / "outbox", "P_20250101_NA", "1.2.3")
+    staged = _folder(tmp_path / "outbox", ".tmp-ours", "1.2.4")
+    with pytest.raises(FolderTaken):
+        publish(staged, theirs, "1.2.4")
+    assert json.loads((theirs / "manifest.json").read_text())["study_uid"] == "1.2.3"
+    hand_made = _folder(tmp_path / "outbox", "kept_by_a_user", None)
+    with pytest.raises(FolderTaken):
+        publish(staged, hand_made, "1.2.4")
+
+
+def test_a_publish_replaces_a_previous_version_of_the_same_study(tmp_path):
+    final = _folder(tmp_path / "outbox", "P_20250101_NA", "1.2.3")
+    staged = _folder(tmp_path / "outbox", ".tmp-v2", "1.2.3")
+    (staged / "new.txt").write_text("v2")
+    publish(staged, final, "1.2.3")
+    assert (final / "new.txt").read_text() == "v2" and not staged.exists()

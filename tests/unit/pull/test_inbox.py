@@ -196,3 +196,51 @@ def test_dicom_dropped_next_to_the_requests_is_left_alone_with_a_warning_naming_
         assert (cfg.paths.inbox / "scan.dcm").exists()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("studies:\n  - patient_id: P1\n    study_date: 2025-13-45\n", "At 'studies[0].study_date': '20251345' is not a calendar date"),
+        ("not_before: 2026-02-30\nstudies:\n  - accession: A1\n", "At 'not_before':"),
+    ],
+    ids=["impossible study date", "impossible not_before"],
+)
+def test_an_unquoted_impossible_date_fails_the_file_with_its_location_instead_of_jamming_the_inbox(
+    inbox: Inbox, content: str, expected: str
+) -> None:
+    put(inbox, "typo.yaml", content)
+    put(inbox, "good.yaml", GOOD)
+    inbox.rescan()
+    inbox.process_pending()
+    assert expected in error_text(inbox, "typo.yaml")
+    assert not (inbox.root / "typo.yaml").exists() and not (inbox.root / "good.yaml").exists()
+    assert inbox.store.query("SELECT COUNT(*) FROM requests")[0][0] == 1
+
+
+def test_an_unquoted_yaml_date_is_accepted_as_a_dicom_date(inbox: Inbox) -> None:
+    put(inbox, "dates.yaml", "studies:\n  - patient_id: P1\n    study_date: 2025-01-01-2025-01-31\n"
+                             "  - patient_id: P2\n    study_date: 2025-01-31\n")
+    inbox.rescan()
+    inbox.process_pending()
+    queries = [q for (q,) in inbox.store.query("SELECT query FROM request_queries ORDER BY idx")]
+    assert '"20250101-20250131"' in queries[0] and '"20250131"' in queries[1]
+
+
+def test_an_unexpected_error_on_one_file_moves_it_to_failed_and_the_next_file_still_runs(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_take = inbox.take
+
+    def take(path: Path) -> int | None:
+        if path.name == "bad.yaml":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_take(path)
+
+    monkeypatch.setattr(inbox, "take", take)
+    put(inbox, "bad.yaml", GOOD.replace("A1", "B1"))
+    put(inbox, "good.yaml", GOOD)
+    inbox.rescan()
+    inbox.process_pending()
+    assert "RecursionError" in error_text(inbox, "bad.yaml")
+    assert inbox.store.query("SELECT COUNT(*) FROM requests")[0][0] == 1
