@@ -120,18 +120,17 @@ def parse_meta(buf: Buffer) -> FileMeta:
     size = len(buf)
     pos = META_START
     end_meta: int | None = None
-    header, u32, u16 = _STRUCTS[True]
+    u32 = _STRUCTS[True][1]
+    explicit_header = _EXPLICIT_LE_HEADER
     while pos + 8 <= size and (end_meta is None or pos < end_meta):
-        group, elem = header.unpack_from(buf, pos)
+        group, elem, vr, length = explicit_header.unpack_from(buf, pos)
         if group != 0x0002:
             break
-        vr = bytes(buf[pos + 4 : pos + 6])
+        start = pos + 8
         if vr in LONG_VRS:
             if pos + 12 > size:
                 raise ReadError(f"file meta element at offset {pos} runs past the end")
-            length, start = u32.unpack_from(buf, pos + 8)[0], pos + 12
-        else:
-            length, start = u16.unpack_from(buf, pos + 6)[0], pos + 8
+            length, start = u32.unpack_from(buf, start)[0], pos + 12
         if length == UNDEFINED or start + length > size or start + length > META_MAX:
             raise ReadError(f"file meta element (0002,{elem:04X}) declares {length} bytes past the end")
         values[0x00020000 | elem] = bytes(buf[start : start + length])
@@ -281,7 +280,7 @@ class _Walker:
                 if short_vr is not None and group != 0xFFFE:
                     tag = group << 16 | elem
                     if tag <= last:
-                        last = self._order(tag, last, pos)
+                        self._order(tag, last, pos)
                     last = tag
                     end = pos + 8 + short_length
                     if end > size:
@@ -404,27 +403,21 @@ def read_header(
 ) -> tuple[FileMeta, Walk, bytes] | None:
     """Meta and the walk of a Part 10 file's header up to its pixel data, and the bytes the walk indexes.
 
-    The first 64 KiB are read with one read(): almost every header ends there, and a read costs less than
-    mapping the file (an munmap in a process whose other threads are busy, SimpleITK's or the SCP's, makes
-    the kernel interrupt every core to flush their TLBs). A longer header (big vendor private blocks) is
-    walked once more over a mapping of the file, never by reading the pixel data. None when the file is not
-    Part 10 or `accept(meta)` says no; ReadError when it is malformed.
+    A small file (up to 64 KiB) is read with one read(), which costs less than mapping it; a larger one is
+    memory-mapped, so its header is walked once whatever its length (big vendor private blocks) and its pixel
+    data is never read. None when the file is not Part 10 or `accept(meta)` says no; ReadError when it is
+    malformed.
     """
     with open(path, "rb") as fh:
-        head = fh.read(_FIRST_READ)
-    complete = len(head) < _FIRST_READ
-    if not is_part10(head):
-        return None
-    try:
-        meta = parse_meta(head)
-        if not accept(meta):
-            return None
-        found = walk(head, meta.transfer_syntax, meta.dataset_offset, wanted=wanted, stop_at_pixels=True, raw=raw)
-        if complete or (found.pixel is not None and not found.truncated):
+        if os.fstat(fh.fileno()).st_size <= _FIRST_READ:
+            head = fh.read()
+            if not is_part10(head):
+                return None
+            meta = parse_meta(head)
+            if not accept(meta):
+                return None
+            found = walk(head, meta.transfer_syntax, meta.dataset_offset, wanted=wanted, stop_at_pixels=True, raw=raw)
             return meta, found, head
-    except ReadError:
-        if complete:
-            raise
     with mapped(path) as mm:
         meta = parse_meta(mm)
         if not accept(meta):

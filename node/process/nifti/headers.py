@@ -77,9 +77,9 @@ def read_fast(path: Path) -> dict[str, object] | None:
         out: dict[str, object] = {
             "_transfer_syntax": meta.transfer_syntax, "_pixel_offset": pixel.offset, "_pixel_length": pixel.length,
         }
-        for tag, element in found.elements.items():
+        for tag, _vr, offset, length, _end in found.elements.values():
             keyword, kind = WANTED[tag]
-            out[keyword] = _decode(buf[element.offset : element.value_end], kind)
+            out[keyword] = _decode(buf[offset : offset + length], kind)
         return out
     except (OSError, struct.error, UnicodeDecodeError, ValueError, IndexError):  # ReadError is a ValueError
         return None

@@ -201,7 +201,8 @@ def test_dicom_dropped_next_to_the_requests_is_left_alone_with_a_warning_naming_
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("studies:\n  - patient_id: P1\n    study_date: 2025-13-45\n", "At 'studies[0].study_date': '20251345' is not a calendar date"),
+        ("studies:\n  - patient_id: P1\n    study_date: 2025-13-45\n",
+         "At 'studies[0].study_date': '20251345' is not a calendar date"),
         ("not_before: 2026-02-30\nstudies:\n  - accession: A1\n", "At 'not_before':"),
     ],
     ids=["impossible study date", "impossible not_before"],
