@@ -75,7 +75,9 @@ class Node:
         self.heartbeat.beat()
         h = self.config.health
         if h.enabled:
-            checks = combine_checks(health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat))
+            checks = combine_checks(
+                health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat, self.processor)
+            )
             self.health = HealthServer(h.bind, h.port, checks, self.metrics, allow_remote=h.allow_remote)
             self.health.start()
             log.info("Health and metrics on http://%s:%d/healthz and /metrics", h.bind, self.health.port)

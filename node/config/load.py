@@ -208,6 +208,8 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
             templates_dir=opt_path(pr["templates_dir"]),
             mr_clean_config=opt_path(pr["mr_clean_config"]),
             rescan_interval_s=float(pr["rescan_interval_s"]),
+            max_attempts=int(pr["max_attempts"]),
+            worker_memory_mb=pr["worker_memory_mb"],
         ),
         nifti=NiftiOptions(**effective["nifti"]),
         imports=ImportConfig(**effective["import"]),

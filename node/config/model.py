@@ -158,6 +158,8 @@ class ProcessingConfig:
     templates_dir: Path | None = None  # schema default null: the shipped templates
     mr_clean_config: Path | None = None  # schema default null: the shipped rules
     rescan_interval_s: float = _default("processing", "rescan_interval_s")
+    max_attempts: int = _default("processing", "max_attempts")
+    worker_memory_mb: int | None = None  # schema default null: no limit
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ import logging
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import threading
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,8 +80,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _worker_init() -> None:
-    """In each worker: die with the node (no orphan publishing after a crash), and import the heavy stack once."""
+def _worker_init(memory_mb: int | None = None) -> None:
+    """In each worker: die with the node (no orphan publishing after a crash), bound its memory, and import
+    the heavy stack once."""
+    if memory_mb:
+        # A study that needs more than this fails in its own worker (MemoryError or a dead worker) instead of
+        # growing until the kernel or systemd's MemoryMax kills the whole node, receiver included.
+        limit = memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         import ctypes
 
@@ -237,29 +245,63 @@ class Processor:
         self._running: dict[str, cf.Future[JobResult]] = {}
         self._observer: Any = None
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._pool_broken = threading.Event()
+        self._wedged: str | None = None
         self._loop = Loop("processor", self._dispatch_pass, lambda: self.config.processing.rescan_interval_s, log)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self._recover()
-        # spawn: the node process runs network threads; forking it would copy their locks mid-flight.
-        ctx = multiprocessing.get_context("spawn")
-        self._pool = cf.ProcessPoolExecutor(
-            max_workers=self.config.processing.workers, mp_context=ctx, initializer=_worker_init
-        )
-        # Start the workers now, so the first study does not pay for spawning and importing the stack.
-        for _ in range(self.config.processing.workers):
-            self._pool.submit(_warm)
+        self._pool = self._new_pool()
         self._observer = start_observer(self.ready, _ReadyHandler(self))
         self._loop.start()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        # spawn: the node process runs network threads; forking it would copy their locks mid-flight.
+        p = self.config.processing
+        pool = cf.ProcessPoolExecutor(max_workers=p.workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_worker_init, initargs=(p.worker_memory_mb,))
+        # Start the workers now, so the first study does not pay for spawning and importing the stack.
+        for _ in range(p.workers):
+            pool.submit(_warm)
+        return pool
 
     def wake(self) -> None:
         self._loop.wake()
 
+    @property
+    def wedged(self) -> str | None:
+        """Why processing cannot go on (for /healthz), or None."""
+        return self._wedged
+
     def _dispatch_pass(self) -> None:
-        """Look at the ready markers when watchdog says one appeared, and every rescan interval regardless."""
+        """Look at the ready markers when watchdog says one appeared, and every rescan interval regardless.
+
+        A worker that died (killed, out of memory) breaks the whole pool: it is rebuilt here, between passes,
+        once the studies it was running have been handed back."""
+        if self._pool_broken.is_set():
+            self._rebuild_pool()
         self.rescan()
+
+    def _rebuild_pool(self) -> None:
+        with self._lock:
+            if self._running:
+                return  # the broken pool's futures are still being failed; next pass
+            old, self._pool = self._pool, None
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
+        try:
+            pool = self._new_pool()
+        except OSError as exc:
+            self._wedged = f"cannot start worker processes: {exc}"
+            log.error("Processing is stopped: %s", self._wedged)
+            return
+        with self._lock:
+            self._pool = pool
+        self._pool_broken.clear()
+        self._wedged = None
+        log.warning("Processing worker pool rebuilt after a worker died")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work; running jobs get `timeout` seconds to publish, then their workers are killed.
@@ -306,12 +348,18 @@ class Processor:
         except (OSError, ValueError, KeyError, TypeError):
             return  # vanished or being replaced; the rescan will see the final one
         with self._lock:
-            if study_uid in self._running or self._pool is None:
+            if study_uid in self._running or self._pool is None or self._pool_broken.is_set():
                 return
             job = self._claim(study_uid, version, payload)
             if job is None:
                 return
-            future = self._pool.submit(run_job, job)
+            try:
+                future = self._pool.submit(run_job, job)
+            except BrokenProcessPool:
+                state.requeue(self.store, study_uid)  # its marker stays: the rebuilt pool takes it
+                self._pool_broken.set()
+                self._loop.wake()
+                return
             self._running[study_uid] = future
         # The folder name is built from PatientID, StudyDate and AccessionNumber: identifiers go to DEBUG only.
         log.info("Processing study %s version %d (%s)", study_uid, version, ", ".join(job.outputs))
@@ -383,7 +431,16 @@ class Processor:
             with self._lock:
                 self._running.pop(study_uid, None)
             return
-        except Exception as exc:  # noqa: BLE001 - a dead worker fails this study, not the node
+        except BrokenProcessPool as exc:
+            # The worker died (killed, out of memory): the pool is rebuilt by the dispatcher, and the study is
+            # tried again until processing.max_attempts, then fails with the reason.
+            with self._lock:
+                self._running.pop(study_uid, None)
+            self._pool_broken.set()
+            self._worker_died(study_uid, marker, exc)
+            self._loop.wake()
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed future fails this study, not the node
             result = JobResult(study_uid, -1, "", False, f"worker crashed: {exc}")
         with self._lock:
             self._running.pop(study_uid, None)
@@ -403,6 +460,23 @@ class Processor:
         if self.metrics is not None:
             self.metrics.observe("dicomnode_processing_seconds", result.seconds)
         self._remove_marker(study_uid, result.version)
+
+    def _worker_died(self, study_uid: str, marker: Path, exc: BaseException) -> None:
+        attempts = state.attempts(self.store, study_uid)
+        limit = self.config.processing.max_attempts
+        if attempts < limit:
+            state.requeue(self.store, study_uid)
+            log.error("Study %s: its worker died (%s); attempt %d of %d, trying again", study_uid, exc, attempts, limit)
+            return
+        reason = (f"the worker processing it died {attempts} time(s) (killed, or out of memory: see "
+                  f"processing.worker_memory_mb); processing.max_attempts={limit} reached")
+        state.set_state(self.store, study_uid, StudyState.FAILED, reason)
+        log.error("Study %s failed: %s", study_uid, reason)
+        try:
+            version = int(json.loads(marker.read_text(encoding="utf-8"))["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        self._remove_marker(study_uid, version)
 
     def _remove_marker(self, study_uid: str, version: int) -> None:
         marker = self.ready / f"{study_uid}.json"

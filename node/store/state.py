@@ -109,6 +109,12 @@ def claim(store: Store, study_uid: str, version: int, folder: str, alternative: 
         return chosen if cur.rowcount == 1 else None
 
 
+def attempts(store: Store, study_uid: str) -> int:
+    """How many times processing of the study was started."""
+    rows = store.query("SELECT attempts FROM studies WHERE study_uid=?", (study_uid,))
+    return int(rows[0][0]) if rows else 0
+
+
 def requeue(store: Store, study_uid: str) -> None:
     """processing -> complete: an interrupted run is done again at the same version."""
     with store.transaction() as db:
