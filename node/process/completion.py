@@ -117,5 +117,9 @@ class CompletionMonitor:
 
     def _reopen_late(self) -> None:
         """Instances that arrived after a study's snapshot reopen it, so its outputs get a new version."""
-        for study_uid in state.reopen_late(self.store):
+        reopened, kept = state.reopen_late(self.store)
+        for study_uid in reopened:
             log.info("Study %s reopened: instances arrived after it was processed", study_uid)
+        for study_uid in kept:
+            log.warning("Study %s: late instance(s) after retention deleted its DICOM; its complete outputs are kept",
+                        study_uid)

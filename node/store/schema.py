@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 
 # Bumped whenever a table or column is added; a database with a lower user_version is migrated at open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS studies (
     attempts INTEGER NOT NULL DEFAULT 0,
     outbox_path TEXT,
     cap_logged INTEGER NOT NULL DEFAULT 0,
-    store_purged REAL
+    store_purged REAL,
+    snapshot_instances INTEGER
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     study_uid TEXT NOT NULL,
@@ -144,6 +145,7 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("studies", "outbox_path", "TEXT"),
     ("studies", "cap_logged", "INTEGER NOT NULL DEFAULT 0"),
     ("studies", "store_purged", "REAL"),
+    ("studies", "snapshot_instances", "INTEGER"),
 )
 
 

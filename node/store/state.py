@@ -68,14 +68,16 @@ def mark_complete(store: Store, study_uid: str, reason: str, may_be_incomplete: 
     """receiving|reopened -> complete at a new version; None when the study is not in a completable state."""
     now = time.time()
     with store.transaction() as db:
-        row = db.execute("SELECT state, version, last_received FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        row = db.execute(
+            "SELECT state, version, last_received, n_instances FROM studies WHERE study_uid=?", (study_uid,)
+        ).fetchone()
         if row is None or row[0] not in (StudyState.RECEIVING, StudyState.REOPENED):
             return None
         version = int(row[1]) + 1
         db.execute(
-            "UPDATE studies SET state=?, version=?, state_changed=?, snapshot_received=?, may_be_incomplete=?,"
-            " reason=?, cap_logged=0 WHERE study_uid=?",
-            (StudyState.COMPLETE, version, now, row[2], int(may_be_incomplete), reason, study_uid),
+            "UPDATE studies SET state=?, version=?, state_changed=?, snapshot_received=?, snapshot_instances=?,"
+            " may_be_incomplete=?, reason=?, cap_logged=0 WHERE study_uid=?",
+            (StudyState.COMPLETE, version, now, row[2], row[3], int(may_be_incomplete), reason, study_uid),
         )
     return version
 
@@ -124,21 +126,37 @@ def requeue(store: Store, study_uid: str) -> None:
         )
 
 
-def reopen_late(store: Store) -> list[str]:
-    """finished -> reopened for every study whose instances arrived after its snapshot; returns their UIDs."""
-    reopened = []
+def reopen_late(store: Store) -> tuple[list[str], list[str]]:
+    """finished -> reopened for every study whose instances arrived after its snapshot.
+
+    A study whose DICOM retention already deleted is reopened only once the store holds at least as many
+    instances as its published version was built from: a few late instances alone would rebuild its outputs
+    from less and replace the complete ones. Until then the outputs are kept and the reason says so.
+    Returns (reopened, kept) study UIDs.
+    """
+    reopened, kept = [], []
     with store.transaction() as db:
         rows = db.execute(
-            "SELECT study_uid FROM studies WHERE state IN (?, ?, ?) AND last_received > COALESCE(snapshot_received, 0)",
+            "SELECT study_uid, store_purged, n_instances, COALESCE(snapshot_instances, 0), version FROM studies"
+            " WHERE state IN (?, ?, ?) AND last_received > COALESCE(snapshot_received, 0)",
             FINISHED,
         ).fetchall()
-        for (study_uid,) in rows:
+        for study_uid, purged, n_instances, snapshot_instances, version in rows:
+            if purged is not None and int(n_instances) < int(snapshot_instances):
+                db.execute(
+                    "UPDATE studies SET snapshot_received=last_received, reason=? WHERE study_uid=?",
+                    (f"late instance(s) after retention deleted the DICOM: the outputs of version {version} "
+                     f"({snapshot_instances} instances) are kept; {n_instances} instance(s) in the store now",
+                     study_uid),
+                )
+                kept.append(str(study_uid))
+                continue
             db.execute(
-                "UPDATE studies SET state=?, state_changed=?, reason=? WHERE study_uid=?",
+                "UPDATE studies SET state=?, state_changed=?, reason=?, store_purged=NULL WHERE study_uid=?",
                 (StudyState.REOPENED, time.time(), "late instances arrived", study_uid),
             )
             reopened.append(str(study_uid))
-    return reopened
+    return reopened, kept
 
 
 def note_cap_logged(store: Store, study_uid: str) -> None:

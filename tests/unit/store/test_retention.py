@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from node.config import Paths, RetentionConfig
+from node.process import completion
 from node.process.completion import CompletionConfig, CompletionMonitor
 from node.store.retention import Retention
 from node.store.state import StudyState
@@ -180,3 +181,26 @@ def test_outbox_cleanup_never_touches_staging_folders_processing_studies_or_fore
 
     assert result.folders_removed == 1 and not removable.exists()
     assert busy.exists() and staging.exists() and foreign.exists()
+
+
+def test_a_late_instance_after_the_purge_keeps_the_complete_outputs_instead_of_rebuilding_from_less(
+    store: Store, tmp_path: Path
+) -> None:
+    study_uid, files = ingest_study(store, tmp_path / "a", n_slices=10)
+    assert completion.mark_complete(store, study_uid, "test") == 1
+    set_study(store, study_uid, StudyState.DONE, time.time() - 10)
+    (store.paths.var / "ready" / f"{study_uid}.json").unlink()  # what the processor does once it is done
+    retention(store, store="delete_when_done").run_once()
+    assert store.instance_count(study_uid) == 0
+
+    late = store.new_temp_path()
+    late.write_bytes(files[0].read_bytes())
+    store.ingest(late, ORIGIN)
+    monitor = CompletionMonitor(store, CompletionConfig(stable_age_s=3600))
+    monitor.tick()
+    row = store.study(study_uid)
+    assert row is not None and row["state"] == StudyState.DONE and row["version"] == 1
+    assert "outputs of version 1 (10 instances) are kept" in row["reason"]
+    assert not (store.paths.var / "ready" / f"{study_uid}.json").exists()
+    monitor.tick()  # said once, not again at every pass
+    assert store.study(study_uid)["state"] == StudyState.DONE  # type: ignore[index]
