@@ -29,7 +29,6 @@ SUFFIXES = (".yaml", ".yml", ".csv")
 ACTIVE, DONE, FAILED_DIR = "active", "done", "failed"
 # Folders of the inbox that are not requests: ours, and the importer's (node/importer.py IMPORT_DIR).
 _OWN_FOLDERS = frozenset({ACTIVE, DONE, FAILED_DIR, "import"})
-STATUS_REFRESH_S = 2.0  # how often requests waiting for processing re-read studies.state
 
 
 def _iso(ts: float | None) -> str | None:
@@ -58,6 +57,13 @@ def _write_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when PyYAML has it: the same text, faster
+
+
+def dump_status(doc: dict[str, Any]) -> str:
+    return str(yaml.dump(doc, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=120))
 
 
 def study_display_state(item_state: str, study_state: str | None, received: int | None, expected: int | None) -> str:
@@ -100,6 +106,11 @@ def status_document(store: Store, rid: int) -> dict[str, Any] | None:
         if q_reason:
             entry["reason"] = q_reason
         queries.append(entry)
+    # One grouped query for every series of the request (not one per study: that was quadratic).
+    series_states: dict[str, dict[str, int]] = {}
+    for study_uid, s_state, n in store.query(
+            "SELECT study_uid, state, COUNT(*) FROM request_series WHERE request_id=? GROUP BY study_uid, state", (rid,)):
+        series_states.setdefault(str(study_uid), {})[str(s_state)] = int(n)
     studies = []
     for (study_uid, accession, patient_id, study_date, rs_state, attempts, next_attempt, rs_reason, expected,
          received, st_state, st_reason, outbox) in store.query(
@@ -113,10 +124,9 @@ def status_document(store: Store, rid: int) -> dict[str, Any] | None:
                                  "study_date": study_date, "state": shown}
         if expected is not None:
             study["instances"] = f"{received or 0}/{expected}"
-        series = store.query(
-            "SELECT state, COUNT(*) FROM request_series WHERE request_id=? AND study_uid=? GROUP BY state", (rid, study_uid))
+        series = series_states.get(study_uid)
         if series:
-            study["series"] = {s: n for s, n in series}
+            study["series"] = series
         if attempts:
             study["attempts"] = attempts
         if rs_state in (QUEUED, WAITING) and attempts:
@@ -179,7 +189,6 @@ class Inbox:
             folder.mkdir(parents=True, exist_ok=True)
         self._loop = Loop("inbox", self._pass, lambda: 1.0, log)
         self._next_rescan = 0.0
-        self._next_refresh = 0.0
         self._pending: set[Path] = set()
         self._renamed: set[Path] = set()
         self._lock = threading.Lock()
@@ -193,7 +202,7 @@ class Inbox:
 
     def start(self) -> None:
         """Rescan at once (events may have been missed while stopped), then watch."""
-        self._next_rescan = self._next_refresh = 0.0
+        self._next_rescan = 0.0
         self._observer = start_observer(self.root, _Events(self))
         self._loop.start()
         log.info("Watching %s for request files", self.root)
@@ -222,10 +231,7 @@ class Inbox:
             self.rescan()
             self._next_rescan = now + self.config.requests.rescan_interval_s
         wait_for = self.process_pending()
-        if now >= self._next_refresh:
-            self.refresh_open()
-            self._next_refresh = now + STATUS_REFRESH_S
-        return min(self._next_rescan - time.monotonic(), self._next_refresh - time.monotonic(), wait_for)
+        return min(self._next_rescan - time.monotonic(), wait_for)
 
     # ------------------------------------------------------------------ pick-up
 
@@ -353,19 +359,13 @@ class Inbox:
 
     # ------------------------------------------------------------------ status
 
-    def refresh_open(self) -> None:
-        """Requests waiting for processing follow studies.state; re-derive and rewrite their status when it changed."""
-        for rid in self.scheduler.open_requests():
-            self.scheduler.refresh_request(rid)
-            self.request_changed(rid)
-
     def request_changed(self, rid: int) -> None:
         """Rewrite the request's status file if its content changed; move the request file once it is final."""
         with self._files_lock:
             doc = status_document(self.store, rid)
             if doc is None:
                 return
-            text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
+            text = dump_status(doc)
             if self._last_status.get(rid) != text:
                 stamped = f"# status of request {doc['request']}, updated {datetime.now(UTC).astimezone().isoformat()}\n"
                 _write_atomic(self.status_path(str(doc["request"])), stamped + text)
@@ -398,7 +398,7 @@ class Inbox:
         if doc is not None:
             _write_atomic(self.status_path(str(doc["request"])),
                           f"# status of request {doc['request']}, final\n"
-                          + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120))
+                          + dump_status(doc))
 
     def _name(self, rid: int) -> str:
         return str(self.store.query("SELECT name FROM requests WHERE id=?", (rid,))[0][0])

@@ -26,6 +26,7 @@ from node.dicom.keywords import KeywordSet
 from node.ops.metrics import Metrics
 from node.process import completion
 from node.pull import scu
+from node.pull.changes import RequestChanges
 from node.pull.requests import Request, SeriesFilter, StudyQuery
 from node.pull.scu import ErrorKind, MoveProgress, PeerAddress, ScuError, ScuSettings
 from node.store import state as study_state
@@ -159,6 +160,8 @@ class Scheduler:
         self._dispatch_lock = threading.Lock()
         self._sched: BackgroundScheduler | None = None  # the periodic dispatcher
         self._pool: ThreadPoolExecutor | None = None  # the work items (SCU calls), never on the SCP's threads
+        # Request state and status reports, coalesced on one thread (never on the work threads).
+        self.changes = RequestChanges(store, self._report, (R_QUEUED, R_RUNNING, R_PULLED))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,6 +169,7 @@ class Scheduler:
         """Resume interrupted work (a crash left items querying/moving) and start dispatching."""
         self._stopping.clear()
         self.resume_interrupted()
+        self.changes.start()
         workers = min(8, max(2, sum(p.max_associations for p in self.config.peers.values())))
         # Work runs on a pool of our own: apscheduler's shutdown(wait=True) deadlocks against a running job that
         # adds a job, which is what a finished item starting the next one would do.
@@ -194,6 +198,7 @@ class Scheduler:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self.changes.stop()
 
     def reload(self, config: Config) -> None:
         # Limits and windows are read from self.config at each use, so the new values apply at once;
@@ -235,12 +240,13 @@ class Scheduler:
         return rid
 
     def _changed(self, rid: int) -> None:
+        self.changes.mark(rid)
+
+    def _report(self, rid: int) -> None:
+        """Re-derive the request's state, then tell the status writer (on the request-status thread)."""
         self.refresh_request(rid)
         if self.on_change is not None:
-            try:
-                self.on_change(rid)
-            except Exception:
-                log.exception("Status update for request %d failed", rid)
+            self.on_change(rid)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -615,8 +621,6 @@ class Scheduler:
             " WHERE rs.request_id=? AND st.state IN ('failed', 'discarded')", (rid,))]
         return "; ".join(reasons) or "failed"
 
-    def open_requests(self) -> list[int]:
-        return [int(r[0]) for r in self.store.query("SELECT id FROM requests WHERE state NOT IN (?, ?)", (R_DONE, R_FAILED))]
 
 
 # A 0xCxxx move failure before any sub-operation is nearly always configuration (the PACS does not know our AE

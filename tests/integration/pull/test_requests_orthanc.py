@@ -191,7 +191,7 @@ def test_a_pacs_stopped_during_a_move_is_retried_with_backoff_and_the_request_co
     orthanc.proc = None
     at_kill = node.store.instance_count(spec.study_uid)
     assert at_kill < 403
-    wait_for(lambda: status(node, "big").get("studies", [{}])[0].get("attempts", 0) >= 1, 60, "a failed attempt")
+    wait_for(lambda: (status(node, "big").get("studies") or [{}])[0].get("attempts", 0) >= 1, 60, "a failed attempt")
     orthanc.start()
     doc = wait_state(node, "big")
     assert series_counts(node, spec.study_uid) == expected_counts(spec)

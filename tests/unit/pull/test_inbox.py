@@ -129,6 +129,12 @@ def test_a_stop_between_recording_and_moving_a_file_is_finished_at_the_next_scan
     assert inbox.store.query("SELECT COUNT(*) FROM requests")[0][0] == 1
 
 
+def watch_processing(inbox: Inbox) -> None:
+    """What the request-status thread does every few seconds: notice the processor's progress, report it."""
+    inbox.scheduler.changes.watch_processing()
+    inbox.scheduler.changes.flush()
+
+
 def test_a_request_whose_studies_are_done_moves_to_done_with_the_outbox_paths(inbox: Inbox) -> None:
     put(inbox, "r.yaml", GOOD)
     rid = inbox.take(inbox.root / "r.yaml")
@@ -139,12 +145,12 @@ def test_a_request_whose_studies_are_done_moves_to_done_with_the_outbox_paths(in
                    " received) VALUES (?, 1, '1.2.3', 'A1', 'complete', 0, 5, 5)", (rid,))
         db.execute("INSERT INTO studies(study_uid, first_received, last_received, state, state_changed, outbox_path)"
                    " VALUES ('1.2.3', ?, ?, 'processing', ?, NULL)", (now, now, now))
-    inbox.refresh_open()
+    watch_processing(inbox)
     doc = yaml.safe_load((inbox.status_dir / "r.status.yaml").read_text(encoding="utf-8"))
     assert (doc["state"], doc["studies"][0]["state"]) == ("pulled", "processing")
     with inbox.store.transaction() as db:
         db.execute("UPDATE studies SET state='done', outbox_path='P_20250101_A1'")
-    inbox.refresh_open()
+    watch_processing(inbox)
     doc = yaml.safe_load((inbox.status_dir / "r.status.yaml").read_text(encoding="utf-8"))
     assert doc["state"] == "done"
     assert doc["studies"][0] == {"study_uid": "1.2.3", "accession": "A1", "patient_id": None, "study_date": None,
@@ -158,7 +164,7 @@ def test_a_failed_study_fails_the_request_with_its_reason_in_the_error_file(inbo
     rid = inbox.take(inbox.root / "r.yaml")
     with inbox.store.transaction() as db:
         db.execute("UPDATE request_queries SET state='failed', reason='C-FIND found no study for accession A1 on pacs'")
-    inbox.refresh_open()
+    inbox.scheduler.changes.mark(int(rid or 0))
     assert "C-FIND found no study for accession A1" in error_text(inbox, "r.yaml")
     doc = status_document(inbox.store, int(rid or 0))
     assert doc is not None and doc["state"] == "failed"
