@@ -6,6 +6,9 @@ import re
 
 # PS3.5 9.1: UID components are digits without leading zeros, separated by dots, 64 chars max.
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+# Older equipment wrote components with leading zeros ("1.2.840.0113..."). Still digits and dots only, so still
+# safe as a file or folder name; the store accepts them (a pull of an old study must complete) and flags them.
+_LEGACY_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 UID_MAX_LEN = 64
 AE_MAX_LEN = 16
 
@@ -15,13 +18,26 @@ def is_valid_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= UID_MAX_LEN and _UID_RE.fullmatch(value) is not None
 
 
-def uid_problem(value: object) -> str | None:
-    """Why value is not a valid UID, or None when it is."""
+def is_legacy_uid(value: object) -> bool:
+    """True for a UID that is valid but for components with leading zeros (accepted in storage, flagged)."""
+    return (isinstance(value, str) and 0 < len(value) <= UID_MAX_LEN and _UID_RE.fullmatch(value) is None
+            and _LEGACY_UID_RE.fullmatch(value) is not None)
+
+
+def is_storable_uid(value: object) -> bool:
+    """True for a valid UID or a legacy one: digits and dots, safe as a file or folder name."""
+    return isinstance(value, str) and 0 < len(value) <= UID_MAX_LEN and _LEGACY_UID_RE.fullmatch(value) is not None
+
+
+def uid_problem(value: object, allow_legacy: bool = False) -> str | None:
+    """Why value is not a valid UID, or None when it is (allow_legacy: leading zeros in components pass)."""
     if not isinstance(value, str) or value == "":
         return "missing"
     if len(value) > UID_MAX_LEN:
         return f"longer than {UID_MAX_LEN} characters"
     if _UID_RE.fullmatch(value) is None:
+        if allow_legacy and _LEGACY_UID_RE.fullmatch(value) is not None:
+            return None
         return "not a dotted sequence of numbers without leading zeros"
     return None
 

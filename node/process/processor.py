@@ -25,7 +25,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from node import __version__, adapters
 from node.background import Loop, start_observer, stop_observer
 from node.config import Config, NiftiOptions
-from node.dicom.validators import is_valid_uid
+from node.dicom.validators import is_legacy_uid, is_storable_uid
 from node.ops.metrics import Metrics
 from node.process import completion
 from node.process.outbox import TEMP_PREFIX, FolderTaken, disambiguate, folder_name, publish, sweep
@@ -117,6 +117,16 @@ def _series_files(study_dir: Path) -> dict[str, list[Path]]:
     return series
 
 
+def _legacy_uids(study_uid: str, series: dict[str, list[Path]]) -> list[str]:
+    """Study, series and instance UIDs with leading zeros in a component (names in the store are the UIDs)."""
+    found = [study_uid] if is_legacy_uid(study_uid) else []
+    for series_uid, files in series.items():
+        if is_legacy_uid(series_uid):
+            found.append(series_uid)
+        found.extend(f.stem for f in files if is_legacy_uid(f.stem))
+    return found
+
+
 def run_job(job: StudyJob) -> JobResult:
     """Build a study's outputs in a staging folder, then publish it whole. Runs in a worker process."""
     started = time.monotonic()
@@ -178,6 +188,10 @@ def run_job(job: StudyJob) -> JobResult:
             series_entries.append(entry)
         if job.may_be_incomplete:
             warnings.insert(0, f"MAY_BE_INCOMPLETE: {job.reason}")
+        legacy = _legacy_uids(job.study_uid, series)
+        if legacy:
+            warnings.append(f"LEGACY_UIDS: {len(legacy)} UID(s) with leading zeros in a component (pre-standard "
+                            "equipment); kept as received")
         outputs = [
             {"path": str(p.relative_to(staged)), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(staged.rglob("*"))
@@ -191,6 +205,7 @@ def run_job(job: StudyJob) -> JobResult:
             "completion": job.reason,
             "outputs_requested": list(job.outputs),
             "inputs": {"instances": sum(len(f) for f in series.values()), "series": series_entries},
+            "legacy_uids": legacy,
             "outputs": outputs,
             "workbook_sheets": workbook_sheets,
             "errors": errors,
@@ -343,7 +358,7 @@ class Processor:
         if marker.parent != self.ready or marker.suffix != ".json" or marker.name.startswith("."):
             return
         study_uid = marker.stem
-        if not is_valid_uid(study_uid):
+        if not is_storable_uid(study_uid):
             log.warning("Ignoring unexpected file in %s: %s", self.ready, marker.name)
             return
         try:

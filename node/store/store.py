@@ -252,7 +252,9 @@ class Store:
             raise StoreError(STATUS_CANNOT_UNDERSTAND, truncated)
         uids = {k: header[k] for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID")}
         for key, value in uids.items():
-            problem = uid_problem(str(value) if value is not None else None)
+            # Legacy UIDs (leading zeros in a component) are kept: digits and dots are still safe names, and an
+            # old study must be pullable; the manifest flags them.
+            problem = uid_problem(str(value) if value is not None else None, allow_legacy=True)
             if problem:
                 reason = f"{key} {problem}"
                 self._quarantine(tmp, reason, origin)

@@ -208,3 +208,24 @@ def test_a_study_that_cannot_be_processed_fails_with_a_reason_and_the_node_goes_
     storescu(LOOPBACK, node.config.node.port, "DICOMNODE", write_study(other, tmp_path / "src2"))
     wait_for(lambda: study_state(node, other.study_uid) == "done", what="the next study still processed")
     assert not (node.config.paths.var / "ready" / f"{ghost}.json").exists()
+
+
+def test_a_study_with_legacy_uids_from_dcmtk_is_stored_processed_and_flagged(start_node, tmp_path):
+    # Pre-standard equipment: components with leading zeros. Refused, such a study never completes a pull.
+    node = start_node(completion={"stable_age_s": 0.5, "check_interval_s": 0.1})
+    study = StudySpec(study_uid="1.2.840.0113654.2.70.1.0042",
+                      series=[SeriesSpec(n_slices=3, series_uid="1.2.840.0113654.2.70.1.0042.01")])
+    datasets = make_study(study)
+    for i, ds in enumerate(datasets):
+        ds.SOPInstanceUID = f"1.2.840.0113654.2.70.1.0042.01.00{i + 1}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    storescu(LOOPBACK, node.config.node.port, "DICOMNODE", write_datasets(datasets, tmp_path / "src"))
+    wait_for(lambda: study_state(node, study.study_uid) == "done", what="the legacy study processed")
+    (folder,) = published(node.config.paths.outbox)
+    data = manifest(folder)
+    assert data["study_uid"] == study.study_uid
+    assert data["inputs"]["instances"] == 3
+    assert set(data["legacy_uids"]) == {study.study_uid, study.series[0].series_uid,
+                                        *(ds.SOPInstanceUID for ds in datasets)}
+    assert any(w.startswith("LEGACY_UIDS: 5 UID(s)") for w in data["warnings"])
+    assert node.store.query("SELECT COUNT(*) FROM quarantine") == [(0,)]

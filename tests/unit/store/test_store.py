@@ -123,7 +123,7 @@ def test_the_same_sop_uid_with_different_content_is_kept_as_a_conflict_and_the_o
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 @pytest.mark.filterwarnings("ignore:The value length:UserWarning")
 @pytest.mark.parametrize("keyword", ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID"])
-@pytest.mark.parametrize("value", ["1.2.3.abc", "../../x", "1.2.03", "1." + "2" * 70, "/etc/passwd"])
+@pytest.mark.parametrize("value", ["1.2.3.abc", "../../x", "1..2", "1.2.3.", "1." + "2" * 70, "/etc/passwd"])
 def test_a_dataset_with_an_invalid_uid_is_quarantined_with_its_reason(store: Store, keyword: str, value: str) -> None:
     ds = make_ds()
     with warnings.catch_warnings():
@@ -144,6 +144,17 @@ def test_a_dataset_with_an_invalid_uid_is_quarantined_with_its_reason(store: Sto
     assert "calling_ae: UNITTEST" in reason
     assert store.query("SELECT COUNT(*) FROM instances") == [(0,)]
     assert store.query("SELECT COUNT(*) FROM quarantine") == [(1,)]
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+def test_legacy_uids_with_leading_zeros_are_stored_under_their_own_names(store: Store) -> None:
+    # Pre-standard equipment wrote components like ".0113."; an old study with them must still be pullable.
+    study, series, sop = "1.2.840.0113654.2.70.1.01", "1.2.840.0113654.2.70.1.01.002", "1.2.840.0113654.2.70.1.01.002.0003"
+    ds = make_ds(StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sop)
+    result = store.ingest(write_temp(store, ds), ORIGIN)
+    assert (result.study_uid, result.series_uid, result.sop_uid) == (study, series, sop)
+    assert result.path == store.paths.store / study / series / f"{sop}.dcm"
+    assert store.query("SELECT COUNT(*) FROM quarantine") == [(0,)]
 
 
 def test_a_missing_uid_is_quarantined(store: Store) -> None:
