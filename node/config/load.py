@@ -177,6 +177,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
             retrieve=v["retrieve"],
             timeout_s=float(v["timeout_s"]),
             dimse_timeout_s=float(v["dimse_timeout_s"]),
+            max_find_results=v["max_find_results"],
             windows=tuple(
                 TimeWindow(w["start"], w["end"], tuple(w.get("days", TimeWindow.days))) for w in v["windows"]
             ),

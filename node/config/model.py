@@ -121,6 +121,7 @@ class PeerConfig:
     retrieve: str = _default("peers.*", "retrieve")
     timeout_s: float = _default("peers.*", "timeout_s")
     dimse_timeout_s: float = _default("peers.*", "dimse_timeout_s")
+    max_find_results: int | None = _default("peers.*", "max_find_results")
     windows: tuple[TimeWindow, ...] = ()
 
 

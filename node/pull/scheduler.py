@@ -25,7 +25,7 @@ from node.dicom import facts
 from node.dicom.keywords import KeywordSet
 from node.ops.metrics import Metrics
 from node.process import completion
-from node.pull import scu
+from node.pull import findsplit, scu
 from node.pull.changes import RequestChanges
 from node.pull.requests import Request, SeriesFilter, StudyQuery
 from node.pull.scu import ErrorKind, MoveProgress, PeerAddress, ScuError, ScuSettings
@@ -403,10 +403,21 @@ class Scheduler:
         query = StudyQuery(**json.loads(raw))
         self._set_item("request_queries", qid, QUERYING, reason=None)
         self._changed(rid)
-        matches = scu.find_studies(address_of(peer), settings_for(self.config, peer), query.dicom_query())
-        matches = [m for m in matches if m.get("StudyInstanceUID")]
+        address, settings = address_of(peer), settings_for(self.config, peer)
+        found = findsplit.find_all(lambda q: scu.find_studies(address, settings, q), query.dicom_query(),
+                                   peer.max_find_results, self.clock().date())
+        matches = [m for m in found.matches if m.get("StudyInstanceUID")]
         if not matches:
             raise ScuError(ErrorKind.PERMANENT, f"C-FIND found no study for {query.describe()} on {peer.name}")
+        warning = None
+        if found.queries > 1:
+            log.info("Request %d: query %d reached the peer's cap on results; split by date into %d C-FINDs",
+                     rid, qid, found.queries)
+        if found.capped_days:
+            days = ", ".join(found.capped_days[:10])
+            warning = (f"may be incomplete: {peer.name} capped its answer for a single day ({days}); narrow the "
+                       "query (modality) to see every study of that day")
+            log.warning("Request %d: query %d %s", rid, qid, warning)
         now = time.time()
         with self.store.transaction() as db:
             for m in matches:
@@ -416,7 +427,8 @@ class Scheduler:
                     (rid, qid, m["StudyInstanceUID"], m.get("PatientID"), m.get("AccessionNumber"), m.get("StudyDate"),
                      now, now),
                 )
-            db.execute("UPDATE request_queries SET state=?, found=?, reason=NULL WHERE id=?", (FOUND, len(matches), qid))
+            db.execute("UPDATE request_queries SET state=?, found=?, reason=? WHERE id=?",
+                       (FOUND, len(matches), warning, qid))
         log.info("Request %d: query %d matched %d stud(ies)", rid, qid, len(matches))
         log.debug("Request %d: query %d is %s", rid, qid, query.describe())
 
@@ -636,9 +648,15 @@ def _budget_for(exc: ScuError) -> int | None:
 
 
 def peer_find(config: Config, peer_name: str, query: dict[str, str]) -> list[dict[str, Any]]:
-    """STUDY-level C-FIND on a configured peer (the CLI's `find`)."""
+    """STUDY-level C-FIND on a configured peer (the CLI's `find`), split by date when the peer caps answers."""
     peer = config.peers[peer_name]
-    return scu.find_studies(address_of(peer), settings_for(config, peer), query)
+    address, settings = address_of(peer), settings_for(config, peer)
+    found = findsplit.find_all(lambda q: scu.find_studies(address, settings, q), query, peer.max_find_results,
+                               _local_now().date())
+    if found.capped_days:
+        log.warning("%s capped its answer for a single day (%s): some studies of that day may be missing",
+                    peer_name, ", ".join(found.capped_days[:10]))
+    return found.matches
 
 
 __all__ = ["Scheduler", "backoff_delay", "in_window", "next_window_start", "peer_find"]

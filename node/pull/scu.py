@@ -362,10 +362,22 @@ def _plain(keyword: str, ds: Dataset) -> Any:
     return str(value)
 
 
-def _find(peer: PeerAddress, settings: ScuSettings, identifier: Dataset, keys: Sequence[str]) -> list[dict[str, Any]]:
+class Matches(list[dict[str, Any]]):
+    """C-FIND matches; `truncated` when the peer ended the answer early on its own (a cap on results)."""
+
+    truncated: bool = False
+
+
+# A peer that caps its answers may end one with Cancel (0xFE00) after the cap although we never asked to cancel
+# (Orthanc does, with LimitFindResults). The matches so far are real: the caller decides what a partial means.
+_CANCEL = 0xFE00
+
+
+def _find(peer: PeerAddress, settings: ScuSettings, identifier: Dataset, keys: Sequence[str],
+          partial_ok: bool = False) -> Matches:
     model = STUDY_ROOT_FIND
     level = str(identifier.QueryRetrieveLevel)
-    out: list[dict[str, Any]] = []
+    out = Matches()
     with _associate(peer, settings, [build_context(model)], f"C-FIND {level}") as assoc:
         final: int | None = None
         last = Dataset()
@@ -375,6 +387,15 @@ def _find(peer: PeerAddress, settings: ScuSettings, identifier: Dataset, keys: S
             if final in (0xFF00, 0xFF01) and match is not None:
                 out.append({k: _plain(k, match) for k in keys})
         info = _check_final(final, f"C-FIND {level}", assoc)
+    if final == _CANCEL and out:
+        if partial_ok:
+            out.truncated = True
+            log.info("C-FIND %s on %s: the peer ended its answer after %d match(es) (a cap on results)", level,
+                     peer.ae_title, len(out))
+            return out
+        raise ScuError(ErrorKind.TRANSIENT, f"C-FIND {level} failed: the peer ended its answer after {len(out)} "
+                       "match(es) with Cancel: it caps C-FIND results (e.g. Orthanc's LimitFindResults)",
+                       status=_CANCEL)
     if info.category is not StatusCategory.SUCCESS:
         assert info.kind is not None
         raise ScuError(info.kind, _failure_text(f"C-FIND {level}", info, last), status=info.status)
@@ -384,10 +405,12 @@ def _find(peer: PeerAddress, settings: ScuSettings, identifier: Dataset, keys: S
 
 def find_studies(
     peer: PeerAddress, settings: ScuSettings, query: Mapping[str, str], return_keys: Sequence[str] = STUDY_KEYS
-) -> list[dict[str, Any]]:
-    """STUDY-level C-FIND. query: keyword -> matching value (dates as ranges "20250101-20250131", wildcards)."""
+) -> Matches:
+    """STUDY-level C-FIND. query: keyword -> matching value (dates as ranges "20250101-20250131", wildcards).
+
+    An answer the peer cut short at its cap comes back with `truncated` set (node.pull.findsplit splits it)."""
     keys = list(dict.fromkeys([*return_keys, *query]))
-    return _find(peer, settings, build_identifier("STUDY", query, keys), keys)
+    return _find(peer, settings, build_identifier("STUDY", query, keys), keys, partial_ok=True)
 
 
 def find_series(
