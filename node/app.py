@@ -76,7 +76,8 @@ class Node:
         h = self.config.health
         if h.enabled:
             checks = combine_checks(
-                health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat, self.processor)
+                {**health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat),
+                 **self.loop_checks()}
             )
             self.health = HealthServer(h.bind, h.port, checks, self.metrics, allow_remote=h.allow_remote)
             self.health.start()
@@ -91,6 +92,32 @@ class Node:
 
     def _housekeep(self) -> None:
         self.completion.tick()
+
+    def loop_checks(self) -> dict[str, Callable[[], tuple[bool, str]]]:
+        """Liveness of every background part, for /healthz and the systemd watchdog."""
+        stall = self.config.health.stall_after_s
+        checks: dict[str, Callable[[], tuple[bool, str]]] = {
+            "scheduler": lambda: self.scheduler.health(stall),
+            "inbox": lambda: self.inbox.health(stall),
+            "completion": lambda: self._housekeeping.health(stall),
+            "processing": lambda: self.processor.health(stall),
+            "retention": lambda: self.retention.health(stall),
+        }
+        if self.config.imports.enabled:
+            checks["importer"] = lambda: self.importer.health(float("inf"))
+        return checks
+
+    def stalled(self) -> list[str]:
+        """Background parts that are dead or stuck (the main loop then stops the systemd watchdog pings)."""
+        out = []
+        for name, check in self.loop_checks().items():
+            try:
+                ok, detail = check()
+            except Exception as exc:  # noqa: BLE001 - a check that cannot run counts as a failed check
+                ok, detail = False, f"check raised {type(exc).__name__}: {exc}"
+            if not ok:
+                out.append(f"{name}: {detail}")
+        return out
 
     def reload(self, new: Config) -> list[str]:
         """Apply a new config without dropping associations; return the keys that need a restart to change."""
@@ -190,15 +217,11 @@ def run(
         notifier.ready(f"listening on {host}:{port}")
         if on_ready is not None:
             on_ready(node)
-        interval = notifier.watchdog_interval()
-        ping_every = interval / 2 if interval else None
-        last_ping = time.monotonic()
+        pinger = WatchdogPinger(notifier, node.stalled)
         while not stop.is_set():
             stop.wait(0.5)
             node.heartbeat.beat()
-            if ping_every is not None and time.monotonic() - last_ping >= ping_every:
-                notifier.watchdog()
-                last_ping = time.monotonic()
+            pinger.tick()
             if reload_requested.is_set():
                 reload_requested.clear()
                 notifier.reloading()
@@ -215,6 +238,36 @@ def run(
             node.stop(0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class WatchdogPinger:
+    """Pings the systemd watchdog at half its interval, for the whole node: while a background part is dead or
+    stuck (stalled() lists them) the ping is withheld, so systemd restarts the node; a restart repeats no
+    decision and loses nothing."""
+
+    def __init__(self, notifier: Notifier, stalled: Callable[[], list[str]]) -> None:
+        self.notifier = notifier
+        self.stalled = stalled
+        interval = notifier.watchdog_interval()
+        self.every = interval / 2 if interval else None
+        self._last = time.monotonic()
+        self.withheld = False
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.every is None or now - self._last < self.every:
+            return
+        self._last = now
+        stalled = self.stalled()
+        if stalled:
+            if not self.withheld:
+                log.error("Withholding the systemd watchdog ping (systemd will restart the node): %s", "; ".join(stalled))
+            self.withheld = True
+            return
+        if self.withheld:
+            log.info("Every background part is alive again: systemd watchdog pings resume")
+        self.withheld = False
+        self.notifier.watchdog()
 
 
 def _reload(node: Node, config_path: Path | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class Loop:
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pass_started: float | None = None  # monotonic start of the pass under way, None between passes
+        self._last_pass: float | None = None  # monotonic end of the last pass
+        self.failures = 0  # passes that raised since the last one that did not
 
     def start(self) -> None:
         self.stopping.clear()
@@ -71,6 +75,24 @@ class Loop:
             self._thread.join(timeout=timeout)
             self._thread = None
 
+    def health(self, stall_after_s: float) -> tuple[bool, str]:
+        """(ok, detail) for /healthz and the systemd watchdog: the thread runs and no pass is stuck.
+
+        A pass running longer than stall_after_s is stuck (a deadlock, a hung mount); one that keeps raising
+        is reported but stays healthy (it is retried, and its cause is in the log)."""
+        thread = self._thread
+        if thread is None:
+            return False, f"{self.name} not running"
+        if not thread.is_alive():
+            return False, f"{self.name} thread died"
+        started = self._pass_started
+        if started is not None and time.monotonic() - started > stall_after_s:
+            return False, f"{self.name} stuck in one pass for {time.monotonic() - started:.0f} s"
+        last = self._last_pass
+        since = f"last pass {time.monotonic() - last:.0f} s ago" if last is not None else "first pass under way"
+        failing = f", last {self.failures} pass(es) failed (see the log)" if self.failures else ""
+        return True, f"{self.name} alive, {since}{failing}"
+
     def _run(self) -> None:
         wait = self._interval() if self._first_wait else 0.0
         while not self.stopping.is_set():
@@ -79,9 +101,15 @@ class Loop:
                 self._wake.clear()
                 if self.stopping.is_set():
                     return
+            self._pass_started = time.monotonic()
             try:
                 next_wait = self._step()
+                self.failures = 0
             except Exception:  # noqa: BLE001 - logged below with its traceback; one bad pass must not end the loop
                 self._log.exception("%s pass failed; retrying", self.name)
+                self.failures += 1
                 next_wait = None
+            finally:
+                self._last_pass = time.monotonic()
+                self._pass_started = None
             wait = self._interval() if next_wait is None else max(0.05, next_wait)

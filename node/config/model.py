@@ -191,6 +191,7 @@ class HealthConfig:
     bind: str = _default("health", "bind")
     port: int = _default("health", "port")
     allow_remote: bool = _default("health", "allow_remote")
+    stall_after_s: float = _default("health", "stall_after_s")
 
 
 @dataclass(frozen=True)

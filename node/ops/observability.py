@@ -7,7 +7,6 @@ from pathlib import Path
 
 from node.ops.health import CheckResult, Heartbeat, sqlite_writable_check
 from node.ops.metrics import Metrics
-from node.process.processor import Processor
 from node.pull.scheduler import Scheduler
 from node.receive.diskguard import DiskGuard
 from node.receive.scp import StorageSCP
@@ -37,9 +36,10 @@ class NodeGauges:
 
 
 def health_checks(
-    scp: StorageSCP, disk_guard: DiskGuard, database: Path, heartbeat: Heartbeat, processor: Processor | None = None
+    scp: StorageSCP, disk_guard: DiskGuard, database: Path, heartbeat: Heartbeat
 ) -> dict[str, Callable[[], CheckResult]]:
-    """The /healthz checks: SCP listening, database writable, disk below the guard, main loop alive, processing."""
+    """The /healthz checks of the node's resources: SCP listening, database writable, disk below the guard, main
+    loop alive. The background parts (scheduler, inbox, completion, processing, ...) add theirs (Node.loop_checks)."""
 
     def listening() -> CheckResult:
         address = scp.address
@@ -52,16 +52,10 @@ def health_checks(
             return False, f"{disk_guard.used_pct:.1f}% used: above the high-water mark, C-STORE refused"
         return True, f"{disk_guard.used_pct:.1f}% used, {disk_guard.free_bytes} bytes free"
 
-    def processing() -> CheckResult:
-        why = processor.wedged if processor is not None else None
-        return (False, f"processing stopped: {why}") if why else (True, "workers available")
-
     checks = {
         "scp": listening,
         "database": lambda: sqlite_writable_check(database),
         "disk": disk,
         "main_loop": heartbeat.check,
     }
-    if processor is not None:
-        checks["processing"] = processing
     return checks

@@ -20,7 +20,7 @@ def _counts(counts: dict[str, int]) -> str:
 def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) -> None:
     """Write the status report line by line (read-only: the database is only queried)."""
     from node.pull.inbox import status_document
-    from node.pull.scheduler import recent_requests, request_counts
+    from node.pull.scheduler import recent_request_problems, recent_requests, request_counts
 
     n = cfg.node
     probe = "127.0.0.1" if n.bind in ("0.0.0.0", "::") else n.bind  # noqa: S104 - mapping a wildcard to loopback
@@ -55,7 +55,10 @@ def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) ->
                 write(f"    {s['study_uid']}  accession {s['accession']}  {s['state']}  {extra}\n")
         errors = study_state.recent_failures(store, last)
         quarantined = store.recent_quarantine(last)
-        write("last errors:" + ("" if errors or quarantined else " none") + "\n")
+        pulls = recent_request_problems(store, last)
+        write("last errors:" + ("" if errors or quarantined or pulls else " none") + "\n")
+        for when, text in pulls:
+            write(f"  {when} {text}\n")
         for when, uid, reason in errors:
             write(f"  {when} study {uid} failed: {reason}\n")
         for when, ae, reason in quarantined:

@@ -294,6 +294,12 @@ class Processor:
         """Why processing cannot go on (for /healthz), or None."""
         return self._wedged
 
+    def health(self, stall_after_s: float) -> tuple[bool, str]:
+        if self._wedged:
+            return False, f"processing stopped: {self._wedged}"
+        ok, detail = self._loop.health(stall_after_s)
+        return (True, f"workers available; {detail}") if ok else (False, detail)
+
     def _dispatch_pass(self) -> None:
         """Look at the ready markers when watchdog says one appeared, and every rescan interval regardless.
 

@@ -52,6 +52,11 @@ class RequestChanges:
             loop.stop()
         self.flush()
 
+    def health(self, stall_after_s: float) -> tuple[bool, str]:
+        if self._loop is None:
+            return False, "request-status not running"
+        return self._loop.health(stall_after_s)
+
     def mark(self, rid: int) -> None:
         """A request changed: handled at once when no thread runs (tests, tools), else on the next pass."""
         if self._loop is None:

@@ -215,6 +215,9 @@ class Inbox:
     def reload(self, config: Config) -> None:
         self.config = config
 
+    def health(self, stall_after_s: float) -> tuple[bool, str]:
+        return self._loop.health(stall_after_s)
+
     def note(self, path: Path, renamed: bool) -> None:
         if path.parent != self.root or not is_candidate(path):
             return

@@ -130,6 +130,27 @@ def recent_requests(store: Store, last: int) -> list[int]:
     return [int(r) for (r,) in store.query("SELECT id FROM requests ORDER BY id DESC LIMIT ?", (last,))]
 
 
+def recent_request_problems(store: Store, last: int) -> list[tuple[str, str]]:
+    """(when, what) of the last failed requests and of the items waiting to retry after a failure, newest first."""
+    rows: list[tuple[float, str]] = []
+    for when, name, reason in store.query(
+            "SELECT updated, name, reason FROM requests WHERE state=? ORDER BY updated DESC LIMIT ?", (R_FAILED, last)):
+        rows.append((float(when), f"request {name} failed: {reason or 'see its status file'}"))
+    for when, name, uid, attempts, reason in store.query(
+            "SELECT COALESCE(rs.updated, r.updated), r.name, rs.study_uid, rs.attempts, rs.reason FROM request_studies rs"
+            " JOIN requests r ON r.id=rs.request_id WHERE rs.attempts>0 AND rs.state IN (?, ?)"
+            " ORDER BY rs.updated DESC LIMIT ?", (QUEUED, WAITING, last)):
+        rows.append((float(when), f"request {name}: study {uid} retrying after {attempts} failed attempt(s): {reason}"))
+    for when, name, query, attempts, reason in store.query(
+            "SELECT r.updated, r.name, q.query, q.attempts, q.reason FROM request_queries q"
+            " JOIN requests r ON r.id=q.request_id WHERE q.attempts>0 AND q.state IN (?, ?)"
+            " ORDER BY r.updated DESC LIMIT ?", (QUEUED, WAITING, last)):
+        rows.append((float(when), f"request {name}: query {query} retrying after {attempts} failed attempt(s): "
+                                  f"{reason}"))
+    rows.sort(key=lambda r: -r[0])
+    return [(datetime.fromtimestamp(w, UTC).strftime("%Y-%m-%d %H:%M:%S"), text) for w, text in rows[:last]]
+
+
 class Scheduler:
     """Runs request work items on an apscheduler thread pool, polite to each peer; all state lives in SQLite."""
 
@@ -158,6 +179,7 @@ class Scheduler:
         self._stopping = threading.Event()
         self._last_progress: dict[int, float] = {}
         self._dispatch_lock = threading.Lock()
+        self.last_dispatch: float | None = None  # monotonic time of the dispatcher's last run (health)
         self._sched: BackgroundScheduler | None = None  # the periodic dispatcher
         self._pool: ThreadPoolExecutor | None = None  # the work items (SCU calls), never on the SCP's threads
         # Request state and status reports, coalesced on one thread (never on the work threads).
@@ -254,6 +276,7 @@ class Scheduler:
         """Start every due item the peers' limits and windows allow, highest priority first."""
         if not self._dispatch_lock.acquire(blocking=False):
             return
+        self.last_dispatch = time.monotonic()
         try:
             self._dispatch()
         except Exception:
@@ -568,6 +591,27 @@ class Scheduler:
                 finally:
                     if self.metrics is not None:
                         self.metrics.inc("dicomnode_moves_total", outcome=outcome)
+
+    def health(self, stall_after_s: float) -> tuple[bool, str]:
+        """The dispatcher runs every dispatch_interval_s and the request-status thread is alive; retries are
+        reported (a peer that keeps failing is in the detail, and in `daemon.py status`)."""
+        if self._sched is None:
+            return False, "request scheduler not running"
+        last = self.last_dispatch
+        silent = time.monotonic() - last if last is not None else 0.0
+        if silent > max(stall_after_s, 10 * self.dispatch_interval_s):
+            return False, f"request dispatcher silent for {silent:.0f} s"
+        ok, status_detail = self.changes.health(stall_after_s)
+        if not ok:
+            return False, status_detail
+        retrying = self.store.query(
+            "SELECT (SELECT COUNT(*) FROM request_queries WHERE attempts>0 AND state IN (?, ?))"
+            " + (SELECT COUNT(*) FROM request_studies WHERE attempts>0 AND state IN (?, ?))",
+            (QUEUED, WAITING, QUEUED, WAITING))[0][0]
+        detail = f"dispatching (last {silent:.0f} s ago)"
+        if retrying:
+            detail += f"; {retrying} item(s) waiting to retry after a failure (see `daemon.py status`)"
+        return True, detail
 
     def counts_by_state(self) -> dict[str, int]:
         """Requests per state (the queue depth gauge)."""

@@ -257,6 +257,7 @@ class Importer:
         self._stuck: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
         self._loop = Loop("importer", self._pass, lambda: self.config.rescan_interval_s, log)
+        self.health = self._loop.health  # a long pass is a big archive, not a stall: checked with no limit
         self._observer: Any = None
         self._disk_logged = False
 

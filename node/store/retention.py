@@ -57,6 +57,7 @@ class Retention:
         self.outbox = outbox
         self.config = config
         self._loop = Loop("retention", self._pass, lambda: self.config.interval_s, log, first_wait=True)
+        self.health = self._loop.health
 
     def start(self) -> None:
         self._loop.start()

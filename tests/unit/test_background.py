@@ -51,3 +51,53 @@ def test_first_wait_delays_the_first_pass_and_stop_ends_the_thread() -> None:
     loop.stop(timeout=10)
     assert not ran.is_set()
     assert not any(t.name == "test-first" for t in threading.enumerate())
+
+
+def test_a_pass_stuck_past_the_stall_limit_makes_the_loop_unhealthy_until_it_returns() -> None:
+    release, entered = threading.Event(), threading.Event()
+
+    def step() -> float:
+        entered.set()
+        release.wait(30)
+        return 3600.0
+
+    loop = Loop("test-stuck", step, lambda: 3600.0, logging.getLogger("tests.loop"))
+    assert loop.health(0.2) == (False, "test-stuck not running")
+    loop.start()
+    try:
+        assert entered.wait(10)
+        _, detail = wait_for(lambda: h if not (h := loop.health(0.2))[0] else None, 10, "the stall to be seen")
+        assert "test-stuck stuck in one pass for" in detail
+        release.set()
+        wait_for(lambda: loop.health(0.2)[0], 10, "health back once the pass returned")
+        assert "last pass" in loop.health(0.2)[1]
+    finally:
+        release.set()
+        loop.stop(timeout=10)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_loop_whose_thread_died_is_unhealthy() -> None:
+    def step() -> float:
+        raise SystemExit("a BaseException ends the thread")  # not caught by the loop: the thread dies
+
+    loop = Loop("test-dead", step, lambda: 0.05, logging.getLogger("tests.loop"))
+    loop.start()
+    wait_for(lambda: not loop.health(60)[0], 10, "the dead thread to be seen")
+    assert loop.health(60) == (False, "test-dead thread died")
+
+
+def test_a_loop_whose_passes_keep_failing_stays_alive_and_says_so() -> None:
+    def step() -> float:
+        raise RuntimeError("broken")
+
+    loop = Loop("test-failing", step, lambda: 0.05, logging.getLogger("tests.failing"))
+    logging.getLogger("tests.failing").disabled = True
+    loop.start()
+    try:
+        wait_for(lambda: loop.failures >= 2, 10, "failed passes")
+        ok, detail = loop.health(60)
+        assert ok and "pass(es) failed (see the log)" in detail
+    finally:
+        loop.stop(timeout=10)
+        logging.getLogger("tests.failing").disabled = False
