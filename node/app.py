@@ -44,6 +44,7 @@ class Node:
         # files and open deliveries. The lock goes with the process, however it ends.
         self._lock: IO[bytes] | None = _lock_var(config.paths.var)
         self.store = Store(config.paths)
+        self.store.conflict_policy = config.storage.on_conflict
         s = config.storage
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.metrics = Metrics()
@@ -131,6 +132,7 @@ class Node:
             needs_restart.append("node.tls")
         self.scp.apply_policy(new)
         s = new.storage
+        self.store.conflict_policy = s.on_conflict
         self.disk_guard.configure(s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.completion.config = completion_config(new)
         self.processor.config = new

@@ -189,6 +189,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         disk_high_water_pct=float(s["disk_high_water_pct"]),
         disk_low_water_pct=float(s["disk_low_water_pct"]),
         disk_check_interval_s=float(s["disk_check_interval_s"]),
+        on_conflict=str(s["on_conflict"]),
     )
     lg = effective["logging"]
     pr = effective["processing"]

@@ -141,6 +141,7 @@ class StorageConfig:
     disk_high_water_pct: float = _default("storage", "disk_high_water_pct")
     disk_low_water_pct: float = _default("storage", "disk_low_water_pct")
     disk_check_interval_s: float = _default("storage", "disk_check_interval_s")
+    on_conflict: str = _default("storage", "on_conflict")
 
 
 @dataclass(frozen=True)

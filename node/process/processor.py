@@ -28,7 +28,7 @@ from node.config import Config, NiftiOptions
 from node.dicom.validators import is_legacy_uid, is_storable_uid
 from node.ops.metrics import Metrics
 from node.process import completion
-from node.process.outbox import TEMP_PREFIX, FolderTaken, disambiguate, folder_name, publish, sweep
+from node.process.outbox import TEMP_PREFIX, FolderTaken, disambiguate, folder_name, owner, publish, sweep
 from node.store import state
 from node.store.state import StudyState
 from node.store.store import Store, file_sha256
@@ -55,6 +55,8 @@ class StudyJob:
     nifti_options: NiftiOptions = field(default_factory=NiftiOptions)
     templates_dir: str | None = None
     mr_clean_config: str | None = None
+    # The previous version's folder when the name changed (identifiers corrected): removed once this one is out.
+    replaces_folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,12 @@ def run_job(job: StudyJob) -> JobResult:
             folder = disambiguate(job.folder, job.study_uid)
             log.warning("Study %s: outbox folder taken by another study; publishing under a unique name", job.study_uid)
             publish(staged, outbox / folder, job.study_uid)
+        if job.replaces_folder and job.replaces_folder != folder:
+            old = outbox / job.replaces_folder
+            if old.is_dir() and owner(old) == job.study_uid:
+                # The new version is out under the corrected name: the old name must not keep stale outputs.
+                shutil.rmtree(old, ignore_errors=True)
+                log.info("Study %s: outputs moved to a folder with its corrected identifiers", job.study_uid)
     except Exception as exc:  # noqa: BLE001 - a failed study is reported in its state, never crashes the pool
         shutil.rmtree(staged, ignore_errors=True)
         return JobResult(
@@ -405,6 +413,8 @@ class Processor:
         folder = state.claim(self.store, study_uid, version, name, disambiguate(name, study_uid))
         if folder is None:
             return None
+        previous = study.outbox_path
+        replaces = str(previous) if previous and previous != folder else None
         p = self.config.processing
         return StudyJob(
             study_uid=study_uid,
@@ -418,14 +428,16 @@ class Processor:
             nifti_options=self.config.nifti,
             templates_dir=str(p.templates_dir) if p.templates_dir else None,
             mr_clean_config=str(p.mr_clean_config) if p.mr_clean_config else None,
+            replaces_folder=replaces,
         )
 
     def _folder_for(self, study_uid: str, attributes: dict[str, str | None]) -> str:
-        """The study's outbox folder: its previous one, or the template name, disambiguated if another study has it."""
-        previous = state.claimable(self.store, study_uid)
-        if previous is not None and previous.outbox_path:
-            return str(previous.outbox_path)
+        """The study's outbox folder: its previous one while the identifiers give the same name, else the template
+        name (identifiers corrected by a newest-wins re-send), disambiguated if another study has it."""
         name = folder_name(self.config.processing.folder_template, attributes, study_uid)
+        previous = state.claimable(self.store, study_uid)
+        if previous is not None and previous.outbox_path in (name, disambiguate(name, study_uid)):
+            return str(previous.outbox_path)
         taken = state.folder_taken(self.store, name, study_uid)
         existing = self.config.paths.outbox / name / "manifest.json"
         foreign = False

@@ -72,6 +72,9 @@ class Origin:
     assoc_id: str = ""
 
 
+KEEP_FIRST, NEWEST_WINS = "keep_first", "newest_wins"
+
+
 @dataclass(frozen=True)
 class StoreResult:
     sop_uid: str
@@ -129,6 +132,8 @@ class Store:
         self._dir_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending_ends: set[str] = set()
+        # storage.on_conflict: what a re-send of a SOP instance with other content does (set by the Node).
+        self.conflict_policy = KEEP_FIRST
         if read_only:
             # Read-only tools (the status verb) never create folders or change the schema of a running node.
             self.db = sqlite3.connect(f"{paths.database.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
@@ -279,7 +284,8 @@ class Store:
             series_dir = self._ensure_dir(self.paths.store / study_uid / series_uid)
             dest = series_dir / f"{sop_uid}.dcm"
             with self._stripes[hash(sop_uid) % len(self._stripes)]:
-                if dest.exists():
+                if dest.exists() or self.query("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)):
+                    # Stored already (perhaps under another study or series: a corrected re-send).
                     return self._duplicate(tmp, dest, sha, size, header, ts, origin)
                 os.rename(tmp, dest)
                 fsync_dir(series_dir)
@@ -303,7 +309,7 @@ class Store:
         sop_uid = str(header["SOPInstanceUID"])
         row = self.query("SELECT sha256 FROM instances WHERE sop_uid=?", (sop_uid,))
         study_uid, series_uid = str(header["StudyInstanceUID"]), str(header["SeriesInstanceUID"])
-        if not row and dataset_sha256(dest) != sha:
+        if not row and dest.exists() and dataset_sha256(dest) != sha:
             # A file without an index row was renamed in before a crash and never acknowledged: it does not
             # count. The instance arriving now replaces it and is the one acknowledged.
             os.replace(tmp, dest)
@@ -312,6 +318,8 @@ class Store:
             log.warning("Instance %s replaced an unacknowledged copy left by a crash", sop_uid)
             return StoreResult(sop_uid, study_uid, series_uid, dest)
         existing_sha = row[0][0] if row else sha
+        if existing_sha != sha and self.conflict_policy == NEWEST_WINS:
+            return self._replace(tmp, dest, sha, size, header, ts, origin)
         if existing_sha == sha:
             tmp.unlink(missing_ok=True)
             if not row:
@@ -340,6 +348,46 @@ class Store:
             target.relative_to(self.paths.var),
         )
         return StoreResult(sop_uid, study_uid, series_uid, target, conflict=True)
+
+    def _replace(
+        self, tmp: Path, dest: Path, sha: str, size: int, header: dict[str, Any], ts: str, origin: Origin
+    ) -> StoreResult:
+        """newest_wins: the new copy takes the stored one's place; the old moves to conflicts/ and both its
+        study and the new one are touched, so a processed study is processed again from the corrected data."""
+        sop_uid = str(header["SOPInstanceUID"])
+        study_uid, series_uid = str(header["StudyInstanceUID"]), str(header["SeriesInstanceUID"])
+        old_rel, old_sha, old_study, old_ae, old_at = self.query(
+            "SELECT path, sha256, study_uid, calling_ae, received_at FROM instances WHERE sop_uid=?", (sop_uid,))[0]
+        old_path = self.paths.var / str(old_rel)
+        conflict_dir = self._ensure_dir(self.paths.conflicts / sop_uid)
+        kept = conflict_dir / f"{old_sha}.dcm"
+        if old_path.exists():
+            os.replace(old_path, kept)  # same file system: atomic; the store never holds both copies
+            fsync_dir(conflict_dir)
+            fsync_dir(old_path.parent)
+        dest_dir = self._ensure_dir(dest.parent)
+        os.replace(tmp, dest)
+        fsync_dir(dest_dir)
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO conflicts(sop_uid, sha256, path, calling_ae, received_at) VALUES (?,?,?,?,?)",
+                       (sop_uid, old_sha, str(kept.relative_to(self.paths.var)), old_ae, old_at))
+            db.execute("DELETE FROM instances WHERE sop_uid=?", (sop_uid,))
+            if old_study != study_uid:
+                db.execute("UPDATE studies SET n_instances=MAX(0, n_instances-1), last_received=? WHERE study_uid=?",
+                           (now, old_study))
+            else:
+                db.execute("UPDATE studies SET n_instances=MAX(0, n_instances-1) WHERE study_uid=?", (study_uid,))
+        self._index(dest, sha, size, header, ts, origin)
+        with self.transaction() as db:
+            # The study's identifiers follow the correction (folder names, request status, the workbook).
+            db.execute("UPDATE studies SET patient_id=?, accession=?, study_date=? WHERE study_uid=?",
+                       (_text(header.get("PatientID")), _text(header.get("AccessionNumber")),
+                        _text(header.get("StudyDate")), study_uid))
+        log.warning("Conflict: SOP instance %s received again from %s with different content; the new copy replaces "
+                    "the stored one (storage.on_conflict newest_wins), the old is kept as %s", sop_uid,
+                    origin.calling_ae or "?", kept.relative_to(self.paths.var))
+        return StoreResult(sop_uid, study_uid, series_uid, dest, conflict=True)
 
     def _ensure_dir(self, path: Path) -> Path:
         """Create path (and parents) making each new directory entry durable."""

@@ -229,3 +229,43 @@ def test_a_study_with_legacy_uids_from_dcmtk_is_stored_processed_and_flagged(sta
                                         *(ds.SOPInstanceUID for ds in datasets)}
     assert any(w.startswith("LEGACY_UIDS: 5 UID(s)") for w in data["warnings"])
     assert node.store.query("SELECT COUNT(*) FROM quarantine") == [(0,)]
+
+
+def _corrected_resend(node, sent, tmp_path):
+    """The PACS corrects the patient ID and sends the whole study again (same UIDs, other content)."""
+    datasets = _as_sent(sent)
+    for ds in datasets:
+        ds.PatientID = "CORRECTED01"
+    storescu(LOOPBACK, node.config.node.port, "DICOMNODE", write_datasets(datasets, tmp_path / "corrected"))
+
+
+def test_newest_wins_reprocesses_a_corrected_study_under_its_corrected_name(start_node, tmp_path):
+    node = start_node(completion={"stable_age_s": 0.5, "check_interval_s": 0.1}, storage={"on_conflict": "newest_wins"})
+    study = StudySpec(patient_id="WRONG01", series=[SeriesSpec(n_slices=3)])
+    sent = write_study(study, tmp_path / "src")
+    storescu(LOOPBACK, node.config.node.port, "DICOMNODE", sent)
+    wait_for(lambda: study_state(node, study.study_uid) == "done", what="version 1")
+    (first,) = published(node.config.paths.outbox)
+    assert first.name.startswith("WRONG01_")
+    _corrected_resend(node, sent, tmp_path)
+    wait_for(lambda: (f := published(node.config.paths.outbox)) and f[0].name.startswith("CORRECTED01_")
+             and manifest(f[0])["version"] == 2 and study_state(node, study.study_uid) == "done", what="version 2",
+             timeout=60)
+    (second,) = published(node.config.paths.outbox)  # the old name is gone: no stale outputs under it
+    assert manifest(second)["study_uid"] == study.study_uid
+    assert {dcmread(p).PatientID for p in (node.config.paths.var / "store").rglob("*.dcm")} == {"CORRECTED01"}
+    assert len(list((node.config.paths.var / "conflicts").rglob("*.dcm"))) == 3
+
+
+def test_keep_first_keeps_the_first_copy_and_its_outputs(start_node, tmp_path):
+    node = start_node(completion={"stable_age_s": 0.5, "check_interval_s": 0.1})
+    study = StudySpec(patient_id="WRONG01", series=[SeriesSpec(n_slices=3)])
+    sent = write_study(study, tmp_path / "src")
+    storescu(LOOPBACK, node.config.node.port, "DICOMNODE", sent)
+    wait_for(lambda: study_state(node, study.study_uid) == "done", what="version 1")
+    _corrected_resend(node, sent, tmp_path)
+    wait_for(lambda: node.store.query("SELECT COUNT(*) FROM conflicts") == [(3,)], what="three conflicts recorded", timeout=30)
+    (folder,) = published(node.config.paths.outbox)
+    assert folder.name.startswith("WRONG01_") and manifest(folder)["version"] == 1
+    assert {dcmread(p).PatientID for p in (node.config.paths.var / "store").rglob("*.dcm")} == {"WRONG01"}
+    assert study_state(node, study.study_uid) == "done"

@@ -97,6 +97,55 @@ def test_the_same_instance_with_identical_content_is_idempotent(store: Store) ->
     assert store.query("SELECT COUNT(*) FROM conflicts") == [(0,)]
 
 
+def study_row(store: Store, uid: str) -> tuple[Any, ...]:
+    return store.query("SELECT patient_id, n_instances, last_received FROM studies WHERE study_uid=?", (uid,))[0]
+
+
+def test_the_same_sop_uid_under_another_study_is_a_conflict_not_a_second_stored_file(store: Store) -> None:
+    ds = make_ds()
+    first = store.ingest(write_temp(store, ds), ORIGIN)
+    moved = make_ds(SOPInstanceUID=ds.SOPInstanceUID)  # a new study and series, the same SOP Instance UID
+    result = store.ingest(write_temp(store, moved), ORIGIN)
+    assert result.conflict
+    assert files_under(store.paths.store) == [first.path]
+    assert store.instance_count() == 1
+    assert store.query("SELECT COUNT(*) FROM conflicts") == [(1,)]
+
+
+def test_newest_wins_puts_the_corrected_copy_in_place_keeps_the_old_and_reopens_the_study(store: Store) -> None:
+    store.conflict_policy = "newest_wins"
+    ds = make_ds(PatientID="OLD_ID")
+    first = store.ingest(write_temp(store, ds), ORIGIN)
+    original = first.path.read_bytes()
+    (_, n_before, received_before) = study_row(store, ds.StudyInstanceUID)
+    ds.PatientID = "CORRECTED_ID"
+    corrected = write_temp(store, ds)
+    corrected_dataset = dataset_sha256(corrected)
+    result = store.ingest(corrected, ORIGIN)
+    assert result.conflict and result.path == first.path
+    assert dataset_sha256(first.path) == corrected_dataset
+    (kept,) = files_under(store.paths.conflicts)
+    assert kept.read_bytes() == original
+    assert store.query("SELECT sha256 FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)) == [(corrected_dataset,)]
+    patient, n_after, received_after = study_row(store, ds.StudyInstanceUID)
+    assert (patient, n_after) == ("CORRECTED_ID", n_before)
+    assert received_after > received_before  # a processed study is reopened by the completion monitor
+    assert store.query("SELECT path FROM conflicts") == [(str(kept.relative_to(store.paths.var)),)]
+
+
+def test_newest_wins_moving_an_instance_to_another_study_counts_it_there_and_touches_both(store: Store) -> None:
+    store.conflict_policy = "newest_wins"
+    ds = make_ds()
+    first = store.ingest(write_temp(store, ds), ORIGIN)
+    moved = make_ds(SOPInstanceUID=ds.SOPInstanceUID)
+    result = store.ingest(write_temp(store, moved), ORIGIN)
+    assert not first.path.exists() and result.path.exists()
+    assert files_under(store.paths.store) == [result.path]
+    assert study_row(store, ds.StudyInstanceUID)[1] == 0
+    assert study_row(store, moved.StudyInstanceUID)[1] == 1
+    assert store.instance_count() == 1
+
+
 def test_the_same_sop_uid_with_different_content_is_kept_as_a_conflict_and_the_original_is_untouched(store: Store) -> None:
     ds = make_ds()
     first = store.ingest(write_temp(store, ds), ORIGIN)
