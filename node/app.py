@@ -45,6 +45,7 @@ class Node:
         self._lock: IO[bytes] | None = _lock_var(config.paths.var)
         self.store = Store(config.paths)
         self.store.conflict_policy = config.storage.on_conflict
+        self.store.quarantine_max_bytes = _mb(config.retention.quarantine_max_mb)
         s = config.storage
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.metrics = Metrics()
@@ -59,7 +60,7 @@ class Node:
         self.processor = Processor(config, self.store, self.metrics)
         # Watch-folder import and retention: imports go through the same store path as C-STOREs.
         self.importer = Importer(self.store, config.paths.inbox, config.imports, disk_ok=lambda: not self.disk_guard.tripped())
-        self.retention = Retention(self.store, config.paths.outbox, config.retention)
+        self.retention = Retention(self.store, config.paths.outbox, config.retention, config.paths.inbox)
         # Completion decisions every check interval (the processor watches their markers itself).
         self._housekeeping = Loop("housekeeping", self._housekeep, lambda: self.config.completion.check_interval_s, log,
                                   first_wait=True)
@@ -133,6 +134,7 @@ class Node:
         self.scp.apply_policy(new)
         s = new.storage
         self.store.conflict_policy = s.on_conflict
+        self.store.quarantine_max_bytes = _mb(new.retention.quarantine_max_mb)
         self.disk_guard.configure(s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.completion.config = completion_config(new)
         self.processor.config = new
@@ -240,6 +242,10 @@ def run(
             node.stop(0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _mb(value: float | None) -> int | None:
+    return None if value is None else int(value * (1 << 20))
 
 
 class WatchdogPinger:

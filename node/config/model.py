@@ -184,6 +184,11 @@ class RetentionConfig:
     outbox_max_gb: float | None = _default("retention", "outbox_max_gb")
     outbox_max_age_days: float | None = _default("retention", "outbox_max_age_days")
     interval_s: float = _default("retention", "interval_s")
+    quarantine_days: float | None = _default("retention", "quarantine_days")
+    quarantine_max_mb: float | None = _default("retention", "quarantine_max_mb")
+    conflicts_days: float | None = _default("retention", "conflicts_days")
+    requests_days: float | None = _default("retention", "requests_days")
+    studies_days: float | None = _default("retention", "studies_days")
 
 
 @dataclass(frozen=True)

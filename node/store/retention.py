@@ -15,6 +15,7 @@ from pathlib import Path
 
 from node.background import Loop
 from node.config import RetentionConfig
+from node.store.pruning import Pruner
 from node.store.state import StudyState
 from node.store.store import Store
 
@@ -52,10 +53,11 @@ class _Folder:
 class Retention:
     """Applies the retention policy every `interval_s` on its own thread (or once, via run_once)."""
 
-    def __init__(self, store: Store, outbox: Path, config: RetentionConfig) -> None:
+    def __init__(self, store: Store, outbox: Path, config: RetentionConfig, inbox: Path | None = None) -> None:
         self.store = store
         self.outbox = outbox
         self.config = config
+        self.pruner = Pruner(store, outbox, inbox if inbox is not None else outbox.parent / "inbox")
         self._loop = Loop("retention", self._pass, lambda: self.config.interval_s, log, first_wait=True)
         self.health = self._loop.health
 
@@ -74,6 +76,7 @@ class Retention:
         result = RetentionResult()
         self.purge_store(now, result)
         self.trim_outbox(now, result)
+        self.pruner.run(self.config, now)
         if result.studies_purged or result.folders_removed:
             log.info(
                 "Retention: DICOM of %d study(ies) deleted (%d instance(s)); %d outbox folder(s) removed (%.1f MB)",

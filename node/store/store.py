@@ -134,6 +134,10 @@ class Store:
         self._pending_ends: set[str] = set()
         # storage.on_conflict: what a re-send of a SOP instance with other content does (set by the Node).
         self.conflict_policy = KEEP_FIRST
+        # retention.quarantine_max_mb: past it a refused dataset is not kept (set by the Node; None = no cap).
+        self.quarantine_max_bytes: int | None = None
+        self._quarantine_bytes: int | None = None  # bytes in var/quarantine, counted once, then kept up to date
+        self._quarantine_lock = threading.Lock()
         if read_only:
             # Read-only tools (the status verb) never create folders or change the schema of a running node.
             self.db = sqlite3.connect(f"{paths.database.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
@@ -480,13 +484,35 @@ class Store:
         with self._pending_lock:
             self._pending_ends.difference_update(pending)
 
+    def quarantine_bytes(self, recount: bool = False) -> int:
+        """Bytes held in var/quarantine (counted from disk once, or again after retention deleted some)."""
+        with self._quarantine_lock:
+            if self._quarantine_bytes is None or recount:
+                total = 0
+                with os.scandir(self.paths.quarantine) as entries:
+                    for entry in entries:
+                        with contextlib.suppress(OSError):
+                            total += entry.stat(follow_symlinks=False).st_size
+                self._quarantine_bytes = total
+            return self._quarantine_bytes
+
     def _quarantine(self, tmp: Path, reason: str, origin: Origin) -> None:
-        """Keep a refused dataset with its reason, never crash on it."""
+        """Keep a refused dataset with its reason, never crash on it; past the cap only the reason is kept."""
         try:
             sha = file_sha256(tmp) if tmp.exists() else "missing"
             target = self.paths.quarantine / f"{sha}.dcm"
             if tmp.exists():
-                os.replace(tmp, target)
+                size = tmp.stat().st_size
+                cap = self.quarantine_max_bytes
+                if cap is not None and self.quarantine_bytes() + size > cap:
+                    # A flood of bad data must not fill the disk and trip the disk guard for good data.
+                    tmp.unlink(missing_ok=True)
+                    reason += " (dataset not kept: var/quarantine is above retention.quarantine_max_mb)"
+                else:
+                    os.replace(tmp, target)
+                    with self._quarantine_lock:
+                        if self._quarantine_bytes is not None:
+                            self._quarantine_bytes += size
             reason_file = self.paths.quarantine / f"{sha}.reason.txt"
             reason_file.write_text(
                 f"reason: {reason}\ncalling_ae: {origin.calling_ae}\npeer_ip: {origin.peer_ip}\nreceived_at: {_now_iso()}\n",
