@@ -31,6 +31,7 @@ from node.config import Config
 from node.ops.metrics import Metrics
 from node.receive import fastpath
 from node.receive.diskguard import DiskGuard
+from node.receive.pduguard import MAX_ASSOCIATE_RQ, GuardedSSLSocket, PduTooLarge, guard, install_tls
 from node.store.store import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, Origin, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -55,73 +56,11 @@ TRANSFER_SYNTAXES = [
 
 # The first PDU must be an A-ASSOCIATE-RQ; real ones are a few kB (128 contexts are < 20 kB, < 40 kB even
 # with ten transfer syntaxes each). The screen waits for the whole RQ in the kernel's receive queue (MSG_PEEK),
-# so the bound also caps the buffer each pending connection may make us allocate.
-MAX_ASSOCIATE_RQ = 128 * 1024
+# so the bound (MAX_ASSOCIATE_RQ, in pduguard) also caps the buffer each pending connection may make us allocate.
 # Default TCP receive buffers reliably queue this much unread data; a larger RQ gets a larger buffer.
 _PEEKABLE_BY_DEFAULT = 32 * 1024
 _ARTIM_S = 5.0  # after an A-ASSOCIATE-RJ, how long we wait for the requestor to close the connection
 _PDU_HEADER = struct.Struct(">BBL")
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-
-class PduTooLarge(OSError):
-    """A peer declared a PDU longer than we accept; the association is dropped."""
-
-
-class GuardedSocket(socket.socket):
-    """An accepted TCP socket that acknowledges promptly and refuses oversized PDUs.
-
-    TCP_QUICKACK is re-armed after every read (Linux clears it), so a sender whose Nagle algorithm waits for
-    our ACK is not stalled ~40 ms per message by delayed ACKs. PDU framing is tracked as bytes pass, and a PDU
-    declaring more than `max_pdu` bytes raises before any of it is buffered.
-    """
-
-    max_pdu: int = 1 << 20
-    _need: int = 6
-    _in_header: bool = True
-    _header: bytes = b""
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        if _TCP_QUICKACK is not None and data:
-            with contextlib.suppress(OSError):
-                self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        if not flags & socket.MSG_PEEK:
-            self._track(data)
-        return data
-
-    def _track(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            take = min(self._need, len(view))
-            if self._in_header:
-                self._header += bytes(view[:take])
-            view = view[take:]
-            self._need -= take
-            if self._need:
-                return
-            if self._in_header:
-                pdu_type, _, length = _PDU_HEADER.unpack(self._header)
-                limit = MAX_ASSOCIATE_RQ if pdu_type == 0x01 else self.max_pdu + 64
-                if length > limit:
-                    raise PduTooLarge(f"PDU type 0x{pdu_type:02X} declares {length} bytes (limit {limit})")
-                self._header, self._in_header, self._need = b"", False, length
-                if length == 0:
-                    self._in_header, self._need = True, 6
-            else:
-                self._in_header, self._need = True, 6
-
-
-def _guard(sock: socket.socket, max_pdu: int, timeout: float) -> socket.socket:
-    """Re-wrap an accepted plain socket as a GuardedSocket (TLS sockets are left as they are)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if isinstance(sock, ssl.SSLSocket):
-        sock.settimeout(timeout)
-        return sock
-    guarded = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-    guarded.max_pdu = max_pdu
-    guarded.settimeout(timeout)
-    return guarded
 
 
 def _peek_exactly(sock: socket.socket, n: int, wait: float | None) -> bytes:
@@ -216,6 +155,7 @@ class StorageSCP:
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
         if not tls.ca_file:
             ctx.verify_mode = ssl.CERT_NONE
+        install_tls(ctx)  # accepted TLS sockets bound what a peer can make us buffer, as plain ones do
         return ctx
 
     def start(self) -> tuple[str, int]:
@@ -408,6 +348,22 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+def _recv_until(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    """Read n bytes before the deadline (a trickling peer cannot stretch it); fewer only when the peer closed."""
+    data = b""
+    while len(data) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            sock.settimeout(left)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _reject(sock: socket.socket, rq_bytes: int, deadline: float | None) -> None:
     """Answer a complete A-ASSOCIATE-RQ with A-ASSOCIATE-RJ and let the requestor close (PS3.8 9.2, ARTIM).
 
@@ -416,7 +372,7 @@ def _reject(sock: socket.socket, rq_bytes: int, deadline: float | None) -> None:
     which can reach the requestor before the RJ and turn a clean rejection into an abort.
     """
     with contextlib.suppress(OSError):
-        if len(_recv_exactly(sock, rq_bytes)) < rq_bytes:
+        if rq_bytes and len(_recv_exactly(sock, rq_bytes)) < rq_bytes:
             return
         sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
         sock.shutdown(socket.SHUT_WR)
@@ -475,7 +431,7 @@ class NodeRequestHandler(RequestHandler):
             n = scp.config.node
             sock = self.request
             assert isinstance(sock, socket.socket)
-            self.request = _guard(sock, n.max_pdu, n.acse_timeout_s)
+            self.request = guard(sock, n.max_pdu, n.acse_timeout_s)
             verdict = self._handshake() or self._screen(peer_ip)
         finally:
             scp._pending.release()
@@ -507,16 +463,7 @@ class NodeRequestHandler(RequestHandler):
         sock = self.request
         assert isinstance(sock, socket.socket)
         if isinstance(sock, ssl.SSLSocket):
-            # SSLSocket.recv refuses MSG_PEEK; the TLS handshake has already filtered stray bytes.
-            if self._ip_allowed(peer_ip):
-                return None
-            wait = sock.gettimeout()
-            with contextlib.suppress(OSError, struct.error):
-                head = _recv_exactly(sock, 6)
-                pdu_type, _, length = _PDU_HEADER.unpack(head)
-                if pdu_type == 0x01 and 68 <= length <= MAX_ASSOCIATE_RQ:
-                    _reject(sock, length, None if wait is None else time.monotonic() + wait)
-            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
+            return self._screen_tls(sock, peer_ip)
         wait = sock.gettimeout()
         deadline = None if wait is None else time.monotonic() + wait
         try:
@@ -545,6 +492,36 @@ class NodeRequestHandler(RequestHandler):
         if not self._ip_allowed(peer_ip):
             _reject(sock, total, deadline)
             return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
+        return None
+
+    def _screen_tls(self, sock: ssl.SSLSocket, peer_ip: str) -> Refusal | None:
+        """SSLSocket.recv refuses MSG_PEEK: read the whole A-ASSOCIATE-RQ within the ACSE timeout, check it as
+        the plain screen does, and hand it to pynetdicom through the socket's read-ahead buffer."""
+        wait = sock.gettimeout()
+        deadline = None if wait is None else time.monotonic() + wait
+        try:
+            head = _recv_until(sock, 6, deadline)
+        except PduTooLarge as exc:
+            return Refusal("not_associate_rq", str(exc))
+        except (TimeoutError, OSError):
+            return Refusal("timeout", "no A-ASSOCIATE-RQ within the ACSE timeout")
+        if len(head) < 6:
+            return Refusal("closed_early", "connection closed before a PDU header")
+        _, _, length = _PDU_HEADER.unpack(head)
+        if length < 68:
+            return Refusal("bad_length", f"A-ASSOCIATE-RQ declares an implausible length {length}")
+        try:
+            body = _recv_until(sock, length, deadline)
+        except (TimeoutError, OSError):
+            body = b""
+        if len(body) < length:
+            return Refusal("timeout", f"A-ASSOCIATE-RQ of {length} bytes not complete within the ACSE timeout")
+        sock.settimeout(wait)
+        if not self._ip_allowed(peer_ip):
+            _reject(sock, 0, deadline)  # the RQ is read already
+            return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
+        if isinstance(sock, GuardedSSLSocket):
+            sock.prebuffer = head + body
         return None
 
     def _ip_allowed(self, peer_ip: str) -> bool:

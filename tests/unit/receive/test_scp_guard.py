@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from node.receive.scp import MAX_ASSOCIATE_RQ, GuardedSocket, NodeRequestHandler, PduTooLarge, _guard
+from node.receive.pduguard import MAX_ASSOCIATE_RQ, GuardedSocket, PduTooLarge
+from node.receive.pduguard import guard as _guard
+from node.receive.scp import NodeRequestHandler
 
 MAX_PDU = 16384
 LOOPBACK = "127.0.0.1"
@@ -25,6 +27,20 @@ def pdu(pdu_type: int, body: bytes) -> bytes:
 
 def header(pdu_type: int, length: int) -> bytes:
     return struct.pack(">BBL", pdu_type, 0, length)
+
+
+def pdata(n: int, fill: bytes = b"\xab", command: bool = False, last: bool = True) -> bytes:
+    """A P-DATA-TF of n bytes holding one PDV item (what a real peer sends)."""
+    control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
+    return pdu(0x04, struct.pack(">LBB", n - 4, 1, control) + fill * (n - 6))
+
+
+RQ = pdu(0x01, b"\x00" * 68)  # the first PDU of every connection
+
+
+def past_rq(client: socket.socket, server: socket.socket) -> None:
+    client.sendall(RQ)
+    assert recv_exactly(server, len(RQ), 4096) == RQ
 
 
 @pytest.fixture
@@ -58,7 +74,7 @@ def test_valid_pdus_pass_through_unchanged_however_the_reads_split_them(
     client, server = pair
     stream = (
         pdu(0x01, bytes(range(256)) * 3)
-        + pdu(0x04, b"\xab" * (MAX_PDU + 64))  # exactly the largest P-DATA-TF accepted
+        + pdata(MAX_PDU + 64)  # exactly the largest P-DATA-TF accepted
         + pdu(0x05, b"\x00" * 4)  # A-RELEASE-RQ
         + pdu(0x04, b"")  # zero-length PDU: framing must carry on at the next header
         + pdu(0x07, b"\x00\x00\x02\x00")
@@ -72,6 +88,7 @@ def test_a_p_data_pdu_declaring_more_than_max_pdu_raises_before_its_body_is_read
     pair: tuple[socket.socket, GuardedSocket], length: int
 ) -> None:
     client, server = pair
+    past_rq(client, server)
     client.sendall(header(0x04, length) + b"\x00" * 1000)
     with pytest.raises(PduTooLarge, match=f"declares {length} bytes"):
         server.recv(6)
@@ -83,6 +100,7 @@ def test_an_oversized_pdu_is_refused_as_an_os_error_so_pynetdicom_treats_it_as_a
 
 def test_an_oversized_header_split_across_reads_is_still_refused(pair: tuple[socket.socket, GuardedSocket]) -> None:
     client, server = pair
+    past_rq(client, server)
     client.sendall(header(0x04, 0xFFFFFFFF))
     assert server.recv(3) == b"\x04\x00\xff"
     with pytest.raises(PduTooLarge):
@@ -91,7 +109,8 @@ def test_an_oversized_header_split_across_reads_is_still_refused(pair: tuple[soc
 
 def test_an_oversized_pdu_after_a_valid_one_in_the_same_read_is_refused(pair: tuple[socket.socket, GuardedSocket]) -> None:
     client, server = pair
-    client.sendall(pdu(0x04, b"\x01" * 100) + header(0x04, 0xFFFFFFFF))
+    past_rq(client, server)
+    client.sendall(pdata(100) + header(0x04, 0xFFFFFFFF))
     with pytest.raises(PduTooLarge):
         recv_exactly(server, 112, 4096)
 
@@ -113,11 +132,78 @@ def test_an_associate_request_may_be_larger_than_max_pdu_but_not_larger_than_max
 
 def test_peeking_does_not_advance_the_framing(pair: tuple[socket.socket, GuardedSocket]) -> None:
     client, server = pair
-    client.sendall(pdu(0x04, b"\x02" * 10) + header(0x04, 0xFFFFFFFF))
+    past_rq(client, server)
+    client.sendall(pdata(10) + header(0x04, 0xFFFFFFFF))
     assert server.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL) == header(0x04, 10)
     assert server.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL) == header(0x04, 10)
-    assert recv_exactly(server, 16, 4096) == pdu(0x04, b"\x02" * 10)
+    assert recv_exactly(server, 16, 4096) == pdata(10)
     with pytest.raises(PduTooLarge):
+        server.recv(6)
+
+
+def echo_command() -> bytes:
+    """A C-ECHO-RQ command set (implicit VR little endian): CommandField 0x0030."""
+    return struct.pack("<HHLH", 0x0000, 0x0100, 2, 0x0030)
+
+
+def store_command() -> bytes:
+    return struct.pack("<HHLH", 0x0000, 0x0100, 2, 0x0001)
+
+
+def test_command_fragments_past_64_kib_are_refused_before_they_are_buffered(
+    pair: tuple[socket.socket, GuardedSocket],
+) -> None:
+    client, server = pair
+    past_rq(client, server)
+    # Legal PDUs, each a command fragment that is never the last: pynetdicom would buffer them all.
+    fragment = pdata(MAX_PDU, fill=b"\x00", command=True, last=False)
+    sender = threading.Thread(target=client.sendall, args=(fragment * 8,), daemon=True)
+    sender.start()
+    with pytest.raises(PduTooLarge, match="command set longer than 65536"):
+        recv_exactly(server, 8 * len(fragment), 65536)
+
+
+def test_a_non_store_message_with_more_than_a_mib_of_dataset_is_refused(pair: tuple[socket.socket, GuardedSocket]) -> None:
+    client, server = pair
+    past_rq(client, server)
+    command = pdu(0x04, struct.pack(">LBB", len(echo_command()) + 2, 1, 0x03) + echo_command())
+    data = pdata(MAX_PDU, fill=b"\x00", last=False)
+    stream = command + data * 80  # 80 x 16 KiB = 1.25 MiB of dataset fragments, no last one
+    sender = threading.Thread(target=client.sendall, args=(stream,), daemon=True)
+    sender.start()
+    with pytest.raises(PduTooLarge, match="not a C-STORE"):
+        recv_exactly(server, len(stream), 65536)
+
+
+def test_a_c_store_dataset_of_any_size_passes_since_it_streams_to_disk(pair: tuple[socket.socket, GuardedSocket]) -> None:
+    client, server = pair
+    past_rq(client, server)
+    command = pdu(0x04, struct.pack(">LBB", len(store_command()) + 2, 1, 0x03) + store_command())
+    stream = command + pdata(MAX_PDU, fill=b"\x00", last=False) * 100 + pdata(MAX_PDU, fill=b"\x00")
+    sender = threading.Thread(target=client.sendall, args=(stream,), daemon=True)
+    sender.start()
+    assert recv_exactly(server, len(stream), 65536) == stream
+    sender.join()
+    # The next message starts a new account: another C-ECHO passes.
+    echo = pdu(0x04, struct.pack(">LBB", len(echo_command()) + 2, 1, 0x03) + echo_command())
+    client.sendall(echo)
+    assert recv_exactly(server, len(echo), 4096) == echo
+
+
+def test_a_pdv_item_that_overruns_its_pdu_is_refused(pair: tuple[socket.socket, GuardedSocket]) -> None:
+    client, server = pair
+    past_rq(client, server)
+    client.sendall(pdu(0x04, struct.pack(">LBB", 5000, 1, 0x02) + b"\x00" * 100))
+    with pytest.raises(PduTooLarge, match="does not fit"):
+        recv_exactly(server, 112, 4096)
+
+
+def test_a_first_pdu_that_is_not_an_associate_request_is_refused_as_it_is_read(
+    pair: tuple[socket.socket, GuardedSocket],
+) -> None:
+    client, server = pair
+    client.sendall(pdata(100))
+    with pytest.raises(PduTooLarge, match="first PDU is type 0x04"):
         server.recv(6)
 
 
