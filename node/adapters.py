@@ -7,10 +7,13 @@ tune_interpreter(). Upgrading pynetdicom means re-checking this file (and fastpa
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import logging
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,9 +50,23 @@ class ChunkFile:
         self.name = name
         self.file = self  # pynetdicom calls .file.flush()
         self.error: OSError | None = None
+        self._written = 0
+        self._next_space_check = _limits.space_check_bytes
 
     def write(self, data: bytes) -> int:
         if self.error is None:
+            self._written += len(data)
+            limit = _limits.max_bytes
+            if limit is not None and self._written > limit:
+                self._fail(OSError(errno.EFBIG, f"dataset larger than node.max_instance_mb ({limit >> 20} MiB)"))
+                return len(data)
+            if self._written >= self._next_space_check:
+                # A large dataset must not fill the disk past the guard while it streams in.
+                self._next_space_check = self._written + _limits.space_check_bytes
+                if _limits.space_ok is not None and not _limits.space_ok():
+                    self._fail(OSError(errno.ENOSPC, "the disk went above the disk guard's high-water mark while "
+                                                     "the dataset streamed in"))
+                    return len(data)
             try:
                 return self._inner.write(data)
             except OSError as exc:
@@ -82,6 +99,22 @@ class ChunkFile:
 
 _failed: dict[str, OSError] = {}
 _failed_lock = threading.Lock()
+
+
+@dataclass
+class StreamLimits:
+    """What one received dataset may write (set by the SCP from its config; process-wide like the chunk file)."""
+
+    max_bytes: int | None = None
+    space_ok: Callable[[], bool] | None = None
+    space_check_bytes: int = 32 << 20  # the disk guard is asked again after every 32 MiB of one dataset
+
+
+_limits = StreamLimits()
+
+
+def set_stream_limits(max_bytes: int | None, space_ok: Callable[[], bool] | None) -> None:
+    _limits.max_bytes, _limits.space_ok = max_bytes, space_ok
 
 
 def _chunk_file(*args: Any, **kwargs: Any) -> ChunkFile:

@@ -150,6 +150,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         dimse_timeout_s=float(n["dimse_timeout_s"]),
         network_timeout_s=float(n["network_timeout_s"]),
         drain_timeout_s=float(n["drain_timeout_s"]),
+        max_instance_mb=n["max_instance_mb"],
         tls=TlsConfig(
             enabled=tls["enabled"],
             certificate=opt_path(tls["certificate"]),

@@ -65,6 +65,7 @@ class NodeSection:
     network_timeout_s: float
     drain_timeout_s: float
     tls: TlsConfig
+    max_instance_mb: float | None = 4096
 
 
 @dataclass(frozen=True)

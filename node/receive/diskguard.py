@@ -41,10 +41,11 @@ class DiskGuard:
             self.high_pct, self.low_pct, self.interval_s = high_pct, low_pct, interval_s
             self._checked = 0.0
 
-    def tripped(self) -> bool:
+    def tripped(self, fresh: bool = False) -> bool:
+        """Above the high-water mark (and not yet back below the low one); fresh: re-read usage now."""
         now = time.monotonic()
         with self._lock:
-            if now - self._checked >= self.interval_s:
+            if fresh or now - self._checked >= self.interval_s:
                 self._checked = now
                 self._refresh()
             return self._tripped

@@ -141,6 +141,12 @@ class StorageSCP:
         self.ae.network_timeout = n.network_timeout_s
         self.ae.require_called_aet = config.security.check_called_ae
         self.ae.require_calling_aet = list(config.security.allowed_calling_aes)
+        self._set_stream_limits()
+
+    def _set_stream_limits(self) -> None:
+        mb = self.config.node.max_instance_mb
+        adapters.set_stream_limits(None if mb is None else int(mb * (1 << 20)),
+                                   lambda: not self.disk_guard.tripped(fresh=True))
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.node.tls
@@ -161,6 +167,7 @@ class StorageSCP:
     def start(self) -> tuple[str, int]:
         """Bind and start serving in a background thread; returns the bound (host, port)."""
         adapters.prepare_pynetdicom(self.config.paths.tmp)
+        self._set_stream_limits()
         scp = self
 
         class Handler(NodeRequestHandler):

@@ -80,3 +80,56 @@ def test_a_file_system_that_fills_up_answers_out_of_resources_and_leaves_no_debr
     assert acknowledged == indexed
     on_disk = {p.stem for p in (var / "store").rglob("*.dcm")}
     assert on_disk == indexed  # no file without a row, no row without a file
+
+
+def _store_all(port: int, datasets: list[Any]) -> list[int]:
+    ae = AE(ae_title="BIGSENDER")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def test_a_dataset_above_max_instance_mb_is_refused_and_the_next_one_stored(start_node: Callable[..., Node]) -> None:
+    node = start_node(node={"max_instance_mb": 0.25})
+    study = StudySpec(series=[])
+    big = make_series(study, SeriesSpec(n_slices=1, rows=512, cols=512))  # 512 KiB of pixels
+    small = make_series(study, SeriesSpec(n_slices=1, rows=64, cols=64))
+    assert _store_all(node.config.node.port, big + small) == [0xA700, 0x0000]
+    assert node.store.instance_count() == 1
+    assert list(node.config.paths.tmp.iterdir()) == []
+
+
+def test_the_disk_guard_is_asked_again_while_a_large_dataset_streams_in(
+    start_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from node import adapters
+
+    monkeypatch.setattr(adapters._limits, "space_check_bytes", 256 << 10)  # ask every 256 KiB instead of 32 MiB
+    node = start_node()
+    study = StudySpec(series=[])
+    big = make_series(study, SeriesSpec(n_slices=1, rows=1024, cols=1024))  # 2 MiB of pixels
+    full = threading.Event()
+    real_usage = node.disk_guard._usage
+
+    def usage(path: Path) -> tuple[int, int, int]:
+        total, used, free = real_usage(path)
+        return (total, total, 0) if full.is_set() else (total, used, free)
+
+    monkeypatch.setattr(node.disk_guard, "_usage", usage)
+    real_write = adapters.ChunkFile.write
+
+    def write(self: adapters.ChunkFile, data: bytes) -> int:
+        if self._written > (512 << 10):
+            full.set()  # the disk fills up (another writer) while this dataset is half received
+        return real_write(self, data)
+
+    monkeypatch.setattr(adapters.ChunkFile, "write", write)
+    with caplog.at_level("ERROR", logger="node.adapters"):
+        assert _store_all(node.config.node.port, big) == [0xA700]
+    assert any("while the dataset streamed in" in r.getMessage() for r in caplog.records)
+    assert node.store.instance_count() == 0
+    assert list(node.config.paths.tmp.iterdir()) == []
