@@ -51,7 +51,7 @@ class Node:
         self.metrics = Metrics()
         self.scp = StorageSCP(config, self.store, self.disk_guard, self.metrics)
         # Requests: the scheduler pulls from peers, the inbox feeds it and writes status files.
-        self.scheduler = Scheduler(config, self.store, metrics=self.metrics)
+        self.scheduler = Scheduler(config, self.store, metrics=self.metrics, space_ok=lambda: not self.disk_guard.tripped())
         self.inbox = Inbox(config, self.store, self.scheduler)
         self.metrics.add_collector(NodeGauges(self.scp, self.disk_guard, self.store, self.scheduler))
         self.heartbeat = Heartbeat("main_loop", max_age_s=30)

@@ -120,6 +120,8 @@ def status_document(store: Store, rid: int) -> dict[str, Any] | None:
         " WHERE rs.request_id=? ORDER BY q.idx, rs.id", (rid,),
     ):
         shown = study_display_state(rs_state, st_state, received, expected)
+        if rs_state == WAITING and str(rs_reason or "").startswith("waiting for disk space"):
+            shown = "waiting for disk space"
         study: dict[str, Any] = {"study_uid": study_uid, "accession": accession, "patient_id": patient_id,
                                  "study_date": study_date, "state": shown}
         if expected is not None:

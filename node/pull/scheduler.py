@@ -43,6 +43,8 @@ _ACTIVE = (QUERYING, MOVING)
 # Request states: running until every item is terminal; pulled = all arrived, waiting for processing.
 R_QUEUED, R_RUNNING, R_PULLED, R_DONE, R_FAILED = "queued", "running", "pulled", "done", "failed"
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SPACE_RETRY_S = 5.0
+_NO_SPACE = "waiting for disk space: the node's disk is above storage.disk_high_water_pct (no attempt spent)"
 _IMAGE_MOVE_CHUNK = 500  # SOP Instance UIDs per IMAGE-level gap-fill move: keeps the identifier small
 
 
@@ -162,8 +164,11 @@ class Scheduler:
         on_change: Callable[[int], None] | None = None,
         dispatch_interval_s: float = 0.5,
         metrics: Metrics | None = None,
+        space_ok: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
+        # Whether the node can store what it pulls (the disk guard): while it cannot, moves wait, at no attempt.
+        self.space_ok = space_ok
         self.metrics = metrics
         self.store = store
         self.clock = clock  # aware local time; tests inject one to open a window "in two seconds"
@@ -231,6 +236,9 @@ class Scheduler:
             for table in ("request_queries", "request_studies"):
                 db.execute(f"UPDATE {table} SET next_attempt=? WHERE state=?", (time.time(), WAITING))  # noqa: S608
         self.kick()
+
+    def _space_for_pulls(self) -> bool:
+        return self.space_ok is None or self.space_ok()
 
     def kick(self) -> None:
         """Dispatch now instead of at the next interval (a request arrived, an item finished)."""
@@ -305,6 +313,10 @@ class Scheduler:
             if peer is None:
                 self._finish_failed(table, int(item_id), int(rid), f"peer {peer_name!r} is no longer configured")
                 continue
+            if kind == "s" and not self._space_for_pulls():
+                self._set_item(table, int(item_id), WAITING, next_attempt=now + _SPACE_RETRY_S, reason=_NO_SPACE)
+                self._changed(int(rid))
+                continue
             clock_now = self.clock()
             if not in_window(clock_now, peer.windows):
                 opens = next_window_start(clock_now, peer.windows)
@@ -338,7 +350,11 @@ class Scheduler:
         except _Paused as paused:
             self._set_item(table, item_id, paused.state, next_attempt=paused.at, reason=paused.reason)
         except ScuError as exc:
-            self._retry_or_fail(table, item_id, rid, exc.kind, exc.reason, _budget_for(exc))
+            if kind == "s" and not self._space_for_pulls():
+                # Our own disk guard refused the peer's sub-operations: not the peer's fault, no attempt spent.
+                self._set_item(table, item_id, WAITING, next_attempt=time.time() + _SPACE_RETRY_S, reason=_NO_SPACE)
+            else:
+                self._retry_or_fail(table, item_id, rid, exc.kind, exc.reason, _budget_for(exc))
         except Exception as exc:
             # A bug or an I/O error: retried within the attempt budget, like a transient failure.
             log.exception("Request %d: %s %d failed unexpectedly", rid, table, item_id)

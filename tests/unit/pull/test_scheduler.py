@@ -381,3 +381,35 @@ def test_finished_moves_and_request_states_reach_the_metrics(env: tuple[Schedule
     text = scheduler.metrics.render()
     assert 'dicomnode_moves_total{outcome="success"} 2' in text
     assert scheduler.counts_by_state() == {"pulled": 1}
+
+
+def test_pulls_wait_without_spending_attempts_while_the_nodes_own_disk_is_full(
+    env: tuple[Scheduler, Store], pacs: FakePacs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler, store = env
+    space = {"ok": True}
+    scheduler.space_ok = lambda: space["ok"]
+    rid = scheduler.submit(request("r", StudyQuery(accession="ACC1")), "r.yaml")
+    (qid,) = store.query("SELECT id FROM request_queries WHERE request_id=?", (rid,))[0]
+    scheduler._work("q", int(qid), rid, "pacs", None)
+    space["ok"] = False
+    jobs = FakeJobs()
+    scheduler._pool = jobs  # type: ignore[assignment]
+    scheduler._dispatch()
+    assert jobs.jobs == []  # no move is started while the node would refuse what it pulls
+    state, attempts, reason = store.query("SELECT state, attempts, reason FROM request_studies")[0]
+    assert (state, attempts) == ("waiting", 0)
+    assert reason.startswith("waiting for disk space")
+
+    # A move that fails because our disk guard refused its sub-operations spends no attempt either.
+    def refused(*a: Any, **k: Any) -> MoveResult:
+        raise ScuError(ErrorKind.TRANSIENT, "C-MOVE SERIES failed: 0xC000 unable to process")
+
+    monkeypatch.setattr(sched_mod.scu, "move", refused)
+    (sid, uid), = store.query("SELECT id, study_uid FROM request_studies")
+    scheduler._work("s", int(sid), rid, "pacs", str(uid))
+    assert store.query("SELECT state, attempts FROM request_studies") == [("waiting", 0)]
+    space["ok"] = True
+    monkeypatch.setattr(sched_mod.scu, "move", pacs.move)
+    scheduler._work("s", int(sid), rid, "pacs", str(uid))
+    assert store.query("SELECT state, attempts FROM request_studies") == [("complete", 0)]
