@@ -52,6 +52,15 @@ def write_marker(store: Store, study_uid: str, version: int, may_be_incomplete: 
     return final
 
 
+def marker_for(store: Store, study_uid: str, version: int) -> bool:
+    """Whether var/ready/ holds this study's marker for this version (or a later one)."""
+    try:
+        payload = json.loads((ready_dir(store) / f"{study_uid}.json").read_text(encoding="utf-8"))
+        return int(payload["version"]) >= version
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def mark_complete(store: Store, study_uid: str, reason: str, may_be_incomplete: bool = False) -> int | None:
     """Move a study to `complete` (new version) and write its marker; None when it is not in a completable state."""
     version = state.mark_complete(store, study_uid, reason, may_be_incomplete)

@@ -550,3 +550,11 @@ class Processor:
             state.requeue(self.store, study_uid)
             completion.write_marker(self.store, study_uid, version, study.may_be_incomplete, study.reason)
             log.info("Study %s version %s was interrupted by a restart: processing it again", study_uid, version)
+        for study in state.awaiting_processing(self.store):
+            # Decided complete, but the node died before its marker was written (the decision is committed
+            # first): without a marker nothing would ever process it.
+            if not completion.marker_for(self.store, study.study_uid, study.version):
+                completion.write_marker(self.store, study.study_uid, study.version, study.may_be_incomplete,
+                                        study.reason)
+                log.info("Study %s version %s was complete without its marker: marker written", study.study_uid,
+                         study.version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -48,6 +49,27 @@ def _unique(folder: Path, name: str) -> Path:
         target = folder / f"{stem}-{n}{suffix}"
         n += 1
     return target
+
+
+FINAL_MARK = "# status of request"
+_ERROR_TEXT_MAX = 4000  # an error file or reason quotes at most this much of a bad value
+
+
+def _capped(text: str, limit: int = _ERROR_TEXT_MAX) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def _is_final(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return fh.readline().rstrip().endswith(", final")
+    except OSError:
+        return False
+
+
+def _printable(name: str) -> str:
+    """A file name for the log: control characters, escapes and undecodable bytes shown escaped, never raw."""
+    return name if name.isprintable() else repr(name)[1:-1]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -203,7 +225,8 @@ class Inbox:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Rescan at once (events may have been missed while stopped), then watch."""
+        """Repair what a kill left half done, rescan at once (events may have been missed while stopped), watch."""
+        self.recover()
         self._next_rescan = 0.0
         self._observer = start_observer(self.root, _Events(self))
         self._loop.start()
@@ -370,40 +393,88 @@ class Inbox:
             doc = status_document(self.store, rid)
             if doc is None:
                 return
+            if doc["state"] in (R_DONE, R_FAILED):
+                # Once finished: the file moves and the final status is written, once (a kill in between is
+                # repaired by recover() at start).
+                if not (str(doc["file"]).startswith((f"inbox/{DONE}/", f"inbox/{FAILED_DIR}/"))
+                        and _is_final(self.status_path(str(doc["request"])))):
+                    self._finish_file(rid, str(doc["state"]), doc.get("reason"))
+                return
             text = dump_status(doc)
             if self._last_status.get(rid) != text:
-                stamped = f"# status of request {doc['request']}, updated {datetime.now(UTC).astimezone().isoformat()}\n"
+                stamped = f"{FINAL_MARK} {doc['request']}, updated {datetime.now(UTC).astimezone().isoformat()}\n"
                 _write_atomic(self.status_path(str(doc["request"])), stamped + text)
                 self._last_status[rid] = text
-            if doc["state"] in (R_DONE, R_FAILED):
-                self._finish_file(rid, str(doc["state"]), doc.get("reason"))
 
     def status_path(self, name: str) -> Path:
         return self.status_dir / f"{name}.status.yaml"
 
     def _finish_file(self, rid: int, state: str, reason: str | None) -> None:
-        (file_name, location) = self.store.query("SELECT file_name, file_location FROM requests WHERE id=?", (rid,))[0]
-        if location != ACTIVE:
-            return
-        source = self.root / ACTIVE / file_name
+        """Move a finished request's file to done/ or failed/, then record it, then write the final status.
+
+        Idempotent, and safe whatever instant a kill hits: recover() calls it again at start, and a file
+        already moved (the kill came before the database update) is found by its content."""
+        (file_name, location, sha, recorded_reason) = self.store.query(
+            "SELECT file_name, file_location, sha256, reason FROM requests WHERE id=?", (rid,))[0]
+        reason = reason or recorded_reason
         folder = DONE if state == R_DONE else FAILED_DIR
-        target = _unique(self.root / folder, file_name)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(source, target)
-        if state == R_FAILED:
-            _write_atomic(target.with_name(target.name + ".error.txt"),
-                          f"Request {file_name} failed: {reason or 'see the status file'}\n"
-                          f"Status: {self.status_path(str(self._name(rid)))}\n")
-        fsync_dir(target.parent)
-        with self.store.transaction() as db:
-            db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, folder, rid))
-        log.info("Request %d %s: file moved to inbox/%s/%s", rid, state, folder, target.name)
+        if location == ACTIVE:
+            source = self.root / ACTIVE / file_name
+            if source.exists():
+                target: Path | None = _unique(self.root / folder, file_name)
+                assert target is not None
+                os.replace(source, target)
+                fsync_dir(target.parent)
+            else:
+                target = self._find_by_content(str(sha), str(file_name), (folder,))
+            if target is not None:
+                with self.store.transaction() as db:
+                    db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, folder, rid))
+                log.info("Request %d %s: file moved to inbox/%s/%s", rid, state, folder, _printable(target.name))
+                file_name, location = target.name, folder
+        if state == R_FAILED and location == FAILED_DIR:
+            error_file = self.root / FAILED_DIR / f"{file_name}.error.txt"
+            if not error_file.exists():
+                _write_atomic(error_file, f"Request {file_name} failed: {_capped(reason or 'see the status file')}\n"
+                                          f"Status: {self.status_path(str(self._name(rid)))}\n")
+                fsync_dir(error_file.parent)
         self._last_status.pop(rid, None)
         doc = status_document(self.store, rid)
         if doc is not None:
             _write_atomic(self.status_path(str(doc["request"])),
-                          f"# status of request {doc['request']}, final\n"
-                          + dump_status(doc))
+                          f"{FINAL_MARK} {doc['request']}, final\n" + dump_status(doc))
+
+    def _find_by_content(self, sha: str, file_name: str, folders: tuple[str, ...]) -> Path | None:
+        """The request file with this content in one of the folders (its name there may have a -N suffix)."""
+        stem = Path(file_name).stem
+        for folder in folders:
+            for path in sorted((self.root / folder).glob(f"{glob.escape(stem)}*")):
+                if path.is_file() and not path.name.endswith(".error.txt"):
+                    with contextlib.suppress(OSError):
+                        if hashlib.sha256(path.read_bytes()).hexdigest() == sha:
+                            return path
+        return None
+
+    def recover(self) -> None:
+        """At start: make every request's file, database row and status file agree again, whatever instant a
+        kill hit (the request lifecycle and each repair are written down in docs/requests.md)."""
+        rows = self.store.query("SELECT id, name, file_name, file_location, state, sha256 FROM requests"
+                                " WHERE file_location IN (?, ?) OR state IN (?, ?)", ("inbox", ACTIVE, R_DONE, R_FAILED))
+        for rid, name, file_name, location, state, sha in rows:
+            rid, file_name, sha = int(rid), str(file_name), str(sha)
+            if location == "inbox" and not (self.root / file_name).exists():
+                # Moved to active/ but the kill came before the database said so.
+                found = self._find_by_content(sha, file_name, (ACTIVE,))
+                if found is not None:
+                    with self.store.transaction() as db:
+                        db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (found.name, ACTIVE, rid))
+                    log.info("Request %s: file found in inbox/active/ after a restart", name)
+            if state in (R_DONE, R_FAILED):
+                final = self.status_path(str(name))
+                settled = location in (DONE, FAILED_DIR) and _is_final(final)
+                if not settled:
+                    self._finish_file(rid, str(state), None)
+                    log.info("Request %s: %s before a restart; its file and final status are settled now", name, state)
 
     def _name(self, rid: int) -> str:
         return str(self.store.query("SELECT name FROM requests WHERE id=?", (rid,))[0][0])

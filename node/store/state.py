@@ -201,6 +201,15 @@ def interrupted(store: Store) -> list[Interrupted]:
     return [Interrupted(str(u), int(v), p, bool(i), str(r or "")) for u, v, p, i, r in rows]
 
 
+def awaiting_processing(store: Store) -> list[Interrupted]:
+    """Studies `complete` (decided, not yet claimed by the processor), with the version to process."""
+    rows = store.query(
+        "SELECT study_uid, version, outbox_path, may_be_incomplete, reason FROM studies WHERE state=?",
+        (StudyState.COMPLETE,),
+    )
+    return [Interrupted(str(u), int(v), p, bool(i), str(r or "")) for u, v, p, i, r in rows]
+
+
 def state_of(store: Store, study_uid: str) -> str | None:
     rows = store.query("SELECT state FROM studies WHERE study_uid=?", (study_uid,))
     return str(rows[0][0]) if rows else None
