@@ -72,9 +72,20 @@ def _printable(name: str) -> str:
     return name if name.isprintable() else repr(name)[1:-1]
 
 
+def _safe_name(name: str) -> str:
+    """The name a request file is filed under: printable, valid UTF-8, at most 120 bytes, its suffix kept.
+    (A name with undecodable bytes, control characters or 240 bytes could not take a -N or .error.txt suffix.)"""
+    cleaned = "".join("_" if not c.isprintable() or "\udc80" <= c <= "\udcff" or c in "/\\" else c for c in name)
+    stem, suffix = Path(cleaned).stem, Path(cleaned).suffix
+    suffix = suffix if len(suffix) <= 8 else ""
+    while len((stem + suffix).encode("utf-8")) > 120:
+        stem = stem[:-1]
+    return (stem or "request") + suffix
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -272,6 +283,8 @@ class Inbox:
             self._pending.update(found)
         for entry in listed:
             self._warn_if_misplaced(entry)
+            if is_candidate(Path(entry.path)) and not entry.is_file(follow_symlinks=False):
+                self._skip_once(Path(entry.path))
 
     def _warn_if_misplaced(self, entry: os.DirEntry[str]) -> None:
         """DICOM (or anything else) dropped next to the request files is not read: say where it belongs, once."""
@@ -282,7 +295,7 @@ class Inbox:
         log.warning(
             "inbox/%s is not a request file (*.yaml, *.yml, *.csv) and is left alone; DICOM files, folders and "
             "zip archives to import go into inbox/import/",
-            name,
+            _printable(name),
         )
 
     def process_pending(self, now: float | None = None) -> float:
@@ -326,13 +339,15 @@ class Inbox:
     def take(self, path: Path) -> int | None:
         """Validate one complete file and hand it to the scheduler; an invalid file goes to failed/ with the reason."""
         if not path.is_file() or path.is_symlink():
+            self._skip_once(path)
             return None
+        safe = _safe_name(path.name)  # the name the node files it under (and names the request after)
         size = path.stat().st_size
         limit = self.config.requests.max_file_bytes
         if size > limit:
             # Not read at all: a huge file is refused on its size.
             self._refuse(path, [f"At '<file>': {size} bytes is larger than the limit of {limit} bytes "
-                                "(requests.max_file_bytes)"])
+                                "(requests.max_file_bytes)"], safe)
             return None
         raw = path.read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
@@ -341,23 +356,33 @@ class Inbox:
             (sha,))
         if known:
             rid, name, file_name, location, state, created = known[0]
-            if location == "inbox" and file_name == path.name:
-                self._activate(int(rid), path)  # a stop between recording and moving it: finish the move
+            if location == "inbox" and file_name == safe:
+                self._activate(int(rid), path, safe)  # a stop between recording and moving it: finish the move
                 return int(rid)
             self._refuse(path, [f"At '<file>': same content as request {name!r} received {_iso(created)} "
                                 f"(state {state}): not run again. To run it again, change the file "
-                                "(a comment line is enough) and drop it in again."])
+                                "(a comment line is enough) and drop it in again."], safe)
             return None
-        stem = path.stem
         try:
-            request = requests_mod.parse(path.name, raw, list(self.config.peers), limit, name=self._unique_name(stem))
+            request = requests_mod.parse(safe, raw, list(self.config.peers), limit,
+                                         name=self._unique_name(Path(safe).stem))
         except RequestError as exc:
-            self._refuse(path, exc.problems)
+            self._refuse(path, exc.problems, safe)
             return None
         with self._files_lock:
-            rid = self.scheduler.submit(request, path.name)
-            self._activate(rid, path)
+            rid = self.scheduler.submit(request, safe)
+            self._activate(rid, path, safe)
         return rid
+
+    def _skip_once(self, path: Path) -> None:
+        """A symlink, FIFO, socket or folder named like a request is never read: say so once, not at every scan."""
+        if path.name in self._warned:
+            return
+        self._warned.add(path.name)
+        kind = ("a symbolic link" if path.is_symlink() else "a folder" if path.is_dir()
+                else "not a regular file (FIFO, socket or device)" if path.exists() else None)
+        if kind is not None:
+            log.warning("inbox/%s is %s: ignored (only regular files are read as requests)", _printable(path.name), kind)
 
     def _unique_name(self, stem: str) -> str:
         name, n = stem, 2
@@ -365,25 +390,27 @@ class Inbox:
             name, n = f"{stem}-{n}", n + 1
         return name
 
-    def _activate(self, rid: int, path: Path) -> None:
+    def _activate(self, rid: int, path: Path, safe: str) -> None:
         with self._files_lock:
-            target = _unique(self.root / ACTIVE, path.name)
+            target = _unique(self.root / ACTIVE, safe)
             os.replace(path, target)
             fsync_dir(target.parent)
             with self.store.transaction() as db:
                 db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, ACTIVE, rid))
         self.request_changed(rid)
 
-    def _refuse(self, path: Path, problems: list[str]) -> None:
-        target = _unique(self.root / FAILED_DIR, path.name)
+    def _refuse(self, path: Path, problems: list[str], safe: str | None = None) -> None:
+        target = _unique(self.root / FAILED_DIR, safe or _safe_name(path.name))
         os.replace(path, target)
         when = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
-        text = (f"Request file {path.name} was refused ({when}), {len(problems)} problem(s):\n"
-                + "".join(f"  {p}\n" for p in problems)
+        shown = problems[:50] + ([f"... and {len(problems) - 50} more problem(s)"] if len(problems) > 50 else [])
+        renamed = f" (filed as {target.name})" if target.name != path.name else ""
+        text = (f"Request file {_printable(path.name)}{renamed} was refused ({when}), {len(problems)} problem(s):\n"
+                + "".join(f"  {_capped(p, 500)}\n" for p in shown)
                 + "\nNothing was run. Fix the file and drop it into the inbox again.\n")
-        _write_atomic(target.with_name(target.name + ".error.txt"), text)
+        _write_atomic(target.with_name(target.name + ".error.txt"), _capped(text, 64_000))
         fsync_dir(target.parent)
-        log.warning("Request file %s refused: %s", path.name, "; ".join(problems)[:2000])
+        log.warning("Request file %s refused: %s", _printable(path.name), _capped("; ".join(problems), 2000))
 
     # ------------------------------------------------------------------ status
 

@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from node.dicom import facts
+from node.pull import patterns
 
 OUTPUTS = ("excel", "nifti")
 _DATE_RANGE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
@@ -120,10 +121,10 @@ class SeriesFilter:
                 return f"derived: {why}"
         if instances < self.min_instances:
             return f"{instances} instance(s) < min_instances {self.min_instances}"
-        if self.include and not any(re.search(p, description, re.IGNORECASE) for p in self.include):
+        if self.include and not any(patterns.search(p, description) for p in self.include):
             return f"description {description!r} matches no include pattern"
         for pattern in self.exclude:
-            if re.search(pattern, description, re.IGNORECASE):
+            if patterns.search(pattern, description):
                 return f"description {description!r} matches exclude pattern {pattern!r}"
         return None
 
@@ -179,14 +180,27 @@ _Loader.yaml_implicit_resolvers = {
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 
 
+MAX_NESTING = 16  # a request is three levels deep; a file nested thousands deep is refused before it is built
+
+
 def _load_yaml(text: str) -> Any:
-    """Parse YAML; aliases are refused because a few lines of them can expand into millions of nodes."""
+    """Parse YAML; aliases are refused because a few lines of them can expand into millions of nodes, and
+    nesting deeper than MAX_NESTING because building it would recurse thousands deep (one such file stalled
+    the inbox). Both are seen in one pass over the events, which stops at the first offence."""
     try:
+        depth = 0
         for event in yaml.parse(text, Loader=_Loader):
+            mark = event.start_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
             if isinstance(event, yaml.AliasEvent):
-                mark = event.start_mark
-                where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
                 raise RequestError([f"At {where}: YAML aliases (*name) are not allowed in request files"])
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise RequestError([f"At {where}: nested deeper than {MAX_NESTING} levels; a request file is "
+                                        "a list of studies with a few options"])
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader without timestamps
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
@@ -200,9 +214,17 @@ def decode(raw: bytes, max_bytes: int) -> str:
                             "(requests.max_file_bytes)"])
     if not raw.strip():
         raise RequestError(["At '<file>': the file is empty"])
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        # UTF-16 with its byte order mark (what some Windows editors save): accepted as such.
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise RequestError([f"At byte {exc.start}: not valid UTF-16 text (the file starts with a UTF-16 "
+                                "byte order mark)"]) from None
     nul = raw.find(b"\x00")
     if nul >= 0:
-        raise RequestError([f"At byte {nul}: NUL byte: this is a binary file, not a YAML or CSV request"])
+        hint = " (UTF-16 without a byte order mark? save it as UTF-8)" if nul in (0, 1) else ""
+        raise RequestError([f"At byte {nul}: NUL byte: this is a binary file, not a YAML or CSV request{hint}"])
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -277,10 +299,9 @@ def validate(data: Any, name: str, sha256: str, peers: Sequence[str]) -> Request
     f = data.get("series_filter") or {}
     for key in ("include", "exclude"):
         for j, pattern in enumerate(f.get(key, [])):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                problems.append(f"At 'series_filter.{key}[{j}]': not a regular expression: {exc}")
+            why = patterns.problem(pattern)
+            if why:
+                problems.append(f"At 'series_filter.{key}[{j}]': {why}")
     not_before = None
     if "not_before" in data:
         try:
