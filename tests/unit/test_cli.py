@@ -1,0 +1,41 @@
+"""The command line: options go before or after the verb, and a read-only verb never creates anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import daemon
+from toolkit.nodeproc import config_dict
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp_path / "root")), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_config_and_log_level_are_accepted_before_or_after_the_verb(tmp_path: Path, order: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    options = ["--config", str(config), "--log-level", "WARNING"]
+    argv = [*options, "check-config"] if order == "before" else ["check-config", *options]
+    assert daemon.main(argv) == daemon.EXIT_OK
+    assert capsys.readouterr().out.startswith(f"# {config}: valid")
+
+
+def test_status_with_a_config_whose_folders_do_not_exist_creates_nothing(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    assert daemon.main(["status", "--config", str(config), "--no-echo"]) == daemon.EXIT_OK
+    assert "none yet (the node has not run with these paths)" in capsys.readouterr().out
+    assert not (tmp_path / "root").exists()
+
+
+def test_a_missing_config_file_is_an_error_not_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert daemon.main(["status", "--config", str(tmp_path / "nope.yaml"), "--no-echo"]) == daemon.EXIT_CONFIG
+    assert "file not found" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
