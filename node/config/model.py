@@ -224,6 +224,7 @@ class NiftiOptions:
     max_name_len: int = _default("nifti", "max_name_len")
     position_tolerance_mm: float = _default("nifti", "position_tolerance_mm")
     spacing_tolerance: float = _default("nifti", "spacing_tolerance")
+    max_series_mb: int = _default("nifti", "max_series_mb")
 
     def __post_init__(self) -> None:
         choices = {

@@ -11,6 +11,7 @@ import os
 import platform
 import resource
 import shutil
+import tempfile
 import threading
 import time
 import traceback
@@ -82,7 +83,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _worker_init(memory_mb: int | None = None, node_pid: int | None = None) -> None:
+def _worker_init(memory_mb: int | None = None, node_pid: int | None = None, tmp_dir: str | None = None) -> None:
     """In each worker: die with the node (no orphan publishing after a crash), bound its memory, and import
     the heavy stack once."""
     if memory_mb:
@@ -98,6 +99,12 @@ def _worker_init(memory_mb: int | None = None, node_pid: int | None = None) -> N
         libc.prctl(pr_set_pdeathsig, 9)  # SIGKILL when the parent dies
     except (OSError, AttributeError):
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+    if tmp_dir is not None:
+        # Temporary files (openpyxl's, numpy's) go under the node's own folders, which the systemd unit makes
+        # writable and the disk guard watches, never to /tmp.
+        Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = tmp_dir
+        tempfile.tempdir = tmp_dir
     if node_pid is not None and os.getppid() != node_pid:
         # The node died while this worker was starting, before the death signal was armed: nobody will ever
         # send it work or stop it, so it must not linger (holding memory and the resource tracker's pipe).
@@ -288,7 +295,8 @@ class Processor:
         # spawn: the node process runs network threads; forking it would copy their locks mid-flight.
         p = self.config.processing
         pool = cf.ProcessPoolExecutor(max_workers=p.workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_worker_init, initargs=(p.worker_memory_mb, os.getpid()))
+                                      initializer=_worker_init,
+                                      initargs=(p.worker_memory_mb, os.getpid(), str(self.store.paths.var / "work")))
         # Start the workers now, so the first study does not pay for spawning and importing the stack.
         for _ in range(p.workers):
             pool.submit(_warm)

@@ -206,6 +206,9 @@ def declared_member_count(path: Path) -> int | None:
         return int(struct.unpack("<Q", record[32:40])[0])
 
 
+_SPARSE_MIN_BYTES = 64 << 20  # smaller files are not worth the question
+
+
 def bounded_copy(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
     """Copy at most `limit` bytes; raise _Exceeded as soon as the source yields more (whatever its header said)."""
     written = 0
@@ -429,9 +432,15 @@ class Importer:
             if path.name.upper() == "DICOMDIR":
                 report.add(name, Outcome.SKIPPED, "DICOMDIR: a media index, not an instance (the files it lists are imported)")
                 return
-            size = path.stat().st_size
+            st = path.stat()
+            size = st.st_size
             if size > self.config.max_file_bytes:
                 report.add(name, Outcome.REFUSED, f"{size} bytes, above import.max_file_bytes {self.config.max_file_bytes}")
+                return
+            if size > _SPARSE_MIN_BYTES and st.st_blocks * 512 < size // 2:
+                # Mostly holes: a length declared over data never written. Stored, it would take its full size.
+                report.add(name, Outcome.REFUSED, f"a sparse file: {size} bytes declared, {st.st_blocks * 512} on disk "
+                                                  "(data that was never written)")
                 return
             with path.open("rb") as src:
                 head = _read_head(src)

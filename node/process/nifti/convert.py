@@ -145,6 +145,11 @@ def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, take
     if any(s.samples != 1 for s in slices):
         res.skipped.append("COLOR: colour (SamplesPerPixel > 1) images are not converted to NIfTI")
         return
+    needed = sum(s.rows * s.cols for s in slices) * 4  # decoded as 32-bit values, before anything is read
+    if needed > options.max_series_mb << 20:
+        res.skipped.append(f"TOO_LARGE: the series would take {needed >> 20} MiB of memory decoded "
+                           f"(nifti.max_series_mb {options.max_series_mb})")
+        return
     localizer = looks_like_localizer(slices, description)
     if localizer and options.localizer == "skip":
         res.skipped.append("LOCALIZER: localizer/scout images not stacked (nifti.localizer: skip)")

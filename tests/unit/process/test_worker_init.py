@@ -29,3 +29,14 @@ def test_a_worker_whose_node_is_alive_starts_normally() -> None:
     result = run_init(node_pid=os.getpid())
     assert result.returncode == 0, result.stderr
     assert "still here" in result.stdout
+
+
+def test_a_workers_temporary_files_go_under_the_nodes_own_folder(tmp_path: Path) -> None:
+    work = tmp_path / "var" / "tmp" / "processing"
+    code = ("import tempfile; from node.process.processor import _worker_init; "
+            f"_worker_init(None, None, {str(work)!r}); "
+            "f = tempfile.NamedTemporaryFile(); print(f.name)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            check=False, env={**os.environ, "TMPDIR": "/tmp"})
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == work

@@ -18,7 +18,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from node.config import ImportConfig, Paths
 from node.receive.importer import Importer, Outcome, bounded_copy, declared_member_count, sniff
 from node.store.store import Store
-from toolkit.dicomgen import multi_series_study, write_study
+from toolkit.dicomgen import SeriesSpec, StudySpec, multi_series_study, write_study
 
 
 @pytest.fixture
@@ -439,3 +439,17 @@ def test_control_characters_in_member_names_cannot_forge_report_lines(store: Sto
     text = (importer.failed / "names.zip.report.txt").read_text(encoding="utf-8")
     (line,) = [line for line in text.splitlines() if "fake.dcm" in line]
     assert "\\x0a" in line and "\\x09" in line and "path traversal" in line
+
+
+def test_a_sparse_file_with_a_dicom_header_is_refused_not_stored_densely(store: Store, tmp_path: Path) -> None:
+    importer = make_importer(store)
+    (source,) = write_study(StudySpec(series=[SeriesSpec(n_slices=1)]), tmp_path / "src")
+    sparse = importer.folder / "huge.dcm"
+    with sparse.open("wb") as fh:
+        fh.write(source.read_bytes())
+        fh.truncate(2 << 30)  # 2 GiB declared, a few kB written: the rest is holes
+    (report,) = importer.scan_once()
+    (result,) = report.results
+    assert result.outcome == Outcome.REFUSED
+    assert "a sparse file" in result.detail
+    assert store.instance_count() == 0 and temp_files(store) == []

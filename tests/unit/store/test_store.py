@@ -455,6 +455,23 @@ def test_ingesting_a_large_instance_does_not_hold_it_in_memory(store: Store) -> 
     assert dataset_sha256(store.paths.var / path) == sha
 
 
+@pytest.mark.parametrize("cut", [100, 10, 3], ids=["inside a fragment", "near the end of a fragment",
+                                                   "inside the sequence delimiter"])
+def test_encapsulated_pixel_data_cut_short_is_refused_and_quarantined(store: Store, cut: int) -> None:
+    from pydicom.uid import RLELossless
+
+    ds = make_ds()
+    ds.compress(RLELossless)
+    tmp = write_temp(store, ds)
+    data = tmp.read_bytes()
+    tmp.write_bytes(data[:-cut])
+    with pytest.raises(StoreError) as err:
+        store.ingest(tmp, ORIGIN)
+    assert err.value.status == STATUS_CANNOT_UNDERSTAND
+    assert files_under(store.paths.store) == []
+    assert len(quarantined(store)) == 1
+
+
 def test_quarantining_a_large_truncated_instance_does_not_read_it_into_memory(store: Store) -> None:
     tmp = write_large_temp(store, 192 * MIB, cut=1000)
     statuses: list[int] = []

@@ -205,3 +205,14 @@ def test_colour_images_are_refused_with_a_reason(tmp_path: Path) -> None:
     assert isinstance(found, str)
     outcome = convert_series([Path(found)], tmp_path / "s" / "nifti")
     assert "COLOR" in _codes(outcome.skipped_reason)
+
+
+def test_a_series_above_max_series_mb_is_skipped_with_its_reason_before_any_pixel_is_read(tmp_path: Path) -> None:
+    # 20 slices of 512 x 512 are 20 MiB as 32-bit values: above a 16 MiB cap, below the default.
+    datasets = make_series(STUDY, SeriesSpec(n_slices=20, rows=512, cols=512))
+    outcome, out = _convert(datasets, tmp_path, NiftiOptions(compress=False, max_series_mb=16))
+    assert outcome.files == () and not list(out.glob("*.nii*"))
+    assert _codes(outcome.skipped_reason) == {"TOO_LARGE"}
+    assert "20 MiB" in str(outcome.skipped_reason)
+    outcome, _ = _convert(datasets, tmp_path / "default", NiftiOptions(compress=False))
+    assert outcome.volumes == 1 and outcome.skipped_reason is None
