@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from node import failpoints
 from node.store import state
 from node.store.state import StudyState
 from node.store.store import Store, fsync_dir
@@ -66,6 +67,7 @@ def mark_complete(store: Store, study_uid: str, reason: str, may_be_incomplete: 
     version = state.mark_complete(store, study_uid, reason, may_be_incomplete)
     if version is None:
         return None
+    failpoints.hit(failpoints.STUDY_COMPLETE_COMMITTED)
     write_marker(store, study_uid, version, may_be_incomplete, reason)
     log.info("Study %s complete (version %d): %s", study_uid, version, reason)
     return version

@@ -23,7 +23,7 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from node import __version__, adapters
+from node import __version__, adapters, failpoints
 from node.background import Loop, start_observer, stop_observer
 from node.config import Config, NiftiOptions
 from node.dicom.validators import is_legacy_uid, is_storable_uid
@@ -490,6 +490,7 @@ class Processor:
         with self._lock:
             self._running.pop(study_uid, None)
         if result.ok:
+            failpoints.hit(failpoints.STUDY_PUBLISHED)
             state.set_state(self.store, study_uid, StudyState.DONE, result.reason, outbox_path=result.folder)
             log.info(
                 "Study %s version %d done in %.1fs%s",

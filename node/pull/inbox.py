@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from node import failpoints
 from node.background import Loop, start_observer, stop_observer
 from node.config import Config
 from node.pull import requests as requests_mod
@@ -395,6 +396,7 @@ class Inbox:
             target = _unique(self.root / ACTIVE, safe)
             os.replace(path, target)
             fsync_dir(target.parent)
+            failpoints.hit(failpoints.REQUEST_FILE_ACTIVATED)
             with self.store.transaction() as db:
                 db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, ACTIVE, rid))
         self.request_changed(rid)
@@ -452,6 +454,7 @@ class Inbox:
                 assert target is not None
                 os.replace(source, target)
                 fsync_dir(target.parent)
+                failpoints.hit(failpoints.REQUEST_FILE_FINISHED)
             else:
                 target = self._find_by_content(str(sha), str(file_name), (folder,))
             if target is not None:
@@ -459,6 +462,7 @@ class Inbox:
                     db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, folder, rid))
                 log.info("Request %d %s: file moved to inbox/%s/%s", rid, state, folder, _printable(target.name))
                 file_name, location = target.name, folder
+                failpoints.hit(failpoints.REQUEST_ROW_FINISHED)
         if state == R_FAILED and location == FAILED_DIR:
             error_file = self.root / FAILED_DIR / f"{file_name}.error.txt"
             if not error_file.exists():

@@ -20,6 +20,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from node import failpoints
 from node.config import Config, PeerConfig, TimeWindow
 from node.dicom import facts
 from node.dicom.keywords import KeywordSet
@@ -681,6 +682,8 @@ class Scheduler:
                 db.execute("UPDATE requests SET state=?, reason=?, updated=? WHERE id=?", (state, reason, time.time(), rid))
             if state != current:
                 log.info("Request %d: %s -> %s", rid, current, state)
+                if state in (R_DONE, R_FAILED):
+                    failpoints.hit(failpoints.REQUEST_STATE_FINAL)
         return state
 
     def _failure_summary(self, rid: int) -> str:
