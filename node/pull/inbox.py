@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -85,7 +86,7 @@ def _safe_name(name: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")  # one temp name per writer thread
     with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as fh:
         fh.write(text)
         fh.flush()
@@ -491,21 +492,28 @@ class Inbox:
         kill hit (the request lifecycle and each repair are written down in docs/requests.md)."""
         rows = self.store.query("SELECT id, name, file_name, file_location, state, sha256 FROM requests"
                                 " WHERE file_location IN (?, ?) OR state IN (?, ?)", ("inbox", ACTIVE, R_DONE, R_FAILED))
-        for rid, name, file_name, location, state, sha in rows:
-            rid, file_name, sha = int(rid), str(file_name), str(sha)
-            if location == "inbox" and not (self.root / file_name).exists():
-                # Moved to active/ but the kill came before the database said so.
-                found = self._find_by_content(sha, file_name, (ACTIVE,))
-                if found is not None:
-                    with self.store.transaction() as db:
-                        db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (found.name, ACTIVE, rid))
-                    log.info("Request %s: file found in inbox/active/ after a restart", name)
-            if state in (R_DONE, R_FAILED):
-                final = self.status_path(str(name))
-                settled = location in (DONE, FAILED_DIR) and _is_final(final)
-                if not settled:
-                    self._finish_file(rid, str(state), None)
-                    log.info("Request %s: %s before a restart; its file and final status are settled now", name, state)
+        for row in rows:
+            # Under the files lock: the request-status thread may be finishing the same request right now.
+            with self._files_lock:
+                try:
+                    self._recover_one(*row)
+                except (OSError, sqlite3.Error) as exc:
+                    log.error("Request %s could not be repaired at start (%s); retried at the next start", row[1], exc)
+
+    def _recover_one(self, rid: int, name: str, file_name: str, location: str, state: str, sha: str) -> None:
+        if location == "inbox" and not (self.root / file_name).exists():
+            # Moved to active/ but the kill came before the database said so.
+            found = self._find_by_content(sha, file_name, (ACTIVE,))
+            if found is not None:
+                with self.store.transaction() as db:
+                    db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (found.name, ACTIVE, rid))
+                log.info("Request %s: file found in inbox/active/ after a restart", name)
+        if state in (R_DONE, R_FAILED):
+            final = self.status_path(str(name))
+            settled = location in (DONE, FAILED_DIR) and _is_final(final)
+            if not settled:
+                self._finish_file(rid, str(state), None)
+                log.info("Request %s: %s before a restart; its file and final status are settled now", name, state)
 
     def _name(self, rid: int) -> str:
         return str(self.store.query("SELECT name FROM requests WHERE id=?", (rid,))[0][0])

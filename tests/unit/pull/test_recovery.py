@@ -159,3 +159,30 @@ def test_a_study_complete_without_its_marker_gets_one_at_start(tmp_path: Path) -
         assert completion.marker_for(store, "1.2.3", 1)
     finally:
         store.close()
+
+
+def test_recovery_and_the_status_thread_finishing_the_same_request_at_once_both_succeed(
+    make_inbox: Callable[[], Inbox],
+) -> None:
+    import threading
+
+    inbox = make_inbox()
+    rid = submitted(inbox)
+    finish_in_db(inbox, rid)
+    inbox = make_inbox()
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(inbox.recover,)),
+               threading.Thread(target=run, args=(lambda: inbox.request_changed(rid),))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    settled(inbox, rid)
