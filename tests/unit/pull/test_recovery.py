@@ -175,7 +175,7 @@ def test_recovery_and_the_status_thread_finishing_the_same_request_at_once_both_
     def run(fn: Callable[[], object]) -> None:
         try:
             fn()
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(inbox.recover,)),
