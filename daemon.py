@@ -65,6 +65,8 @@ def configure_logging(level: str, pynetdicom_level: str = "WARNING") -> None:
     logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
     # apscheduler logs every run of the half-second dispatch job at INFO.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Dask (processing.executor: dask) logs every worker start and task at INFO.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def _cmd_echo(cfg: Config, peer_name: str, timeout: float) -> int:

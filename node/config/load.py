@@ -213,6 +213,8 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
             rescan_interval_s=float(pr["rescan_interval_s"]),
             max_attempts=int(pr["max_attempts"]),
             worker_memory_mb=pr["worker_memory_mb"],
+            executor=pr["executor"],
+            dask_scheduler=pr["dask"]["scheduler"],
         ),
         nifti=NiftiOptions(**effective["nifti"]),
         imports=ImportConfig(**effective["import"]),

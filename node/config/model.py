@@ -163,6 +163,8 @@ class ProcessingConfig:
     rescan_interval_s: float = _default("processing", "rescan_interval_s")
     max_attempts: int = _default("processing", "max_attempts")
     worker_memory_mb: int | None = None  # schema default null: no limit
+    executor: str = _default("processing", "executor")
+    dask_scheduler: str | None = None  # schema default null: a LocalCluster
 
 
 @dataclass(frozen=True)

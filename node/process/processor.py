@@ -29,6 +29,7 @@ from node.config import Config, NiftiOptions
 from node.dicom.validators import is_legacy_uid, is_storable_uid
 from node.ops.metrics import Metrics
 from node.process import completion
+from node.process.executors import DaskPool
 from node.process.outbox import TEMP_PREFIX, FolderTaken, disambiguate, folder_name, owner, publish, sweep
 from node.store import state
 from node.store.state import StudyState
@@ -126,6 +127,20 @@ def _series_files(study_dir: Path) -> dict[str, list[Path]]:
     return series
 
 
+def _published_version(folder: Path, study_uid: str) -> int | None:
+    """The version published in folder for this study (its manifest), or None."""
+    try:
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("study_uid") != study_uid:
+        return None
+    try:
+        return int(data.get("version", -1))
+    except (TypeError, ValueError):
+        return None
+
+
 def _legacy_uids(study_uid: str, series: dict[str, list[Path]]) -> list[str]:
     """Study, series and instance UIDs with leading zeros in a component (names in the store are the UIDs)."""
     found = [study_uid] if is_legacy_uid(study_uid) else []
@@ -141,6 +156,12 @@ def run_job(job: StudyJob) -> JobResult:
     started = time.monotonic()
     outbox = Path(job.outbox_dir)
     study_dir = Path(job.store_dir) / job.study_uid
+    published = _published_version(outbox / job.folder, job.study_uid)
+    if published is not None and published >= job.version:
+        # A rerun of a job whose publish already happened (its worker was lost after publishing, and the
+        # distributed scheduler ran it again): publishing again would replace the folder for nothing.
+        return JobResult(job.study_uid, job.version, job.folder, True, f"version {job.version} already published",
+                         seconds=time.monotonic() - started)
     staged = outbox / f"{TEMP_PREFIX}{job.study_uid}-v{job.version}-{os.getpid()}"
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
@@ -278,7 +299,7 @@ class Processor:
         self._lock = threading.Lock()
         self._running: dict[str, cf.Future[JobResult]] = {}
         self._observer: Any = None
-        self._pool: cf.ProcessPoolExecutor | None = None
+        self._pool: cf.ProcessPoolExecutor | DaskPool | None = None
         self._pool_broken = threading.Event()
         self._wedged: str | None = None
         self._loop = Loop("processor", self._dispatch_pass, lambda: self.config.processing.rescan_interval_s, log)
@@ -291,9 +312,11 @@ class Processor:
         self._observer = start_observer(self.ready, _ReadyHandler(self))
         self._loop.start()
 
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        # spawn: the node process runs network threads; forking it would copy their locks mid-flight.
+    def _new_pool(self) -> cf.ProcessPoolExecutor | DaskPool:
         p = self.config.processing
+        if p.executor == "dask":
+            return DaskPool(p.dask_scheduler, p.workers)
+        # spawn: the node process runs network threads; forking it would copy their locks mid-flight.
         pool = cf.ProcessPoolExecutor(max_workers=p.workers, mp_context=multiprocessing.get_context("spawn"),
                                       initializer=_worker_init,
                                       initargs=(p.worker_memory_mb, os.getpid(), str(self.store.paths.var / "work")))
@@ -362,7 +385,8 @@ class Processor:
         _done, pending = cf.wait(running, timeout=timeout)
         if pending:
             log.warning("Stopping with %d study job(s) still running: their workers are terminated", len(pending))
-            adapters.terminate_workers(pool)
+            if isinstance(pool, cf.ProcessPoolExecutor):
+                adapters.terminate_workers(pool)
         pool.shutdown(wait=True)
 
     def busy(self) -> int:
