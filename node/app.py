@@ -78,7 +78,8 @@ class Node:
         h = self.config.health
         if h.enabled:
             checks = combine_checks(
-                {**health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat),
+                {**health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat,
+                                 self.config.paths.database_url),
                  **self.loop_checks()}
             )
             self.health = HealthServer(h.bind, h.port, checks, self.metrics, allow_remote=h.allow_remote)

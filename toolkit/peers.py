@@ -493,3 +493,62 @@ class StorescpPeer:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def postgres_bin_dir() -> Path:
+    """Debian's PostgreSQL server binaries (the newest installed major version)."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if not versions:
+        raise PeerToolMissing("/usr/lib/postgresql/*/bin/initdb is not installed: apt-get install postgresql")
+    return versions[-1].parent
+
+
+class PostgresPeer:
+    """A real PostgreSQL server in a temp folder, on a free loopback port, trust authentication.
+
+    As root (the test command), the cluster is owned and run by the `postgres` user Debian creates, since the
+    server refuses to run as root."""
+
+    def __init__(self) -> None:
+        self.bin = postgres_bin_dir()
+        self.port = free_port()
+        # Not tempfile's default folder: a node started in this process points that at its own var/tmp, which
+        # the postgres user cannot enter.
+        self.workdir = Path(tempfile.mkdtemp(prefix="dicomnode-pg-", dir=os.environ.get("TMPDIR", "/tmp")))
+        self.data = self.workdir / "data"
+        self.log_path = self.workdir / "server.log"
+        self._as_root = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        if self._as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+    def start(self) -> PostgresPeer:
+        if self._as_root:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        done = self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        if done.returncode != 0:
+            raise PeerStartError(f"initdb failed: {done.stdout}{done.stderr}")
+        options = f"-p {self.port} -c listen_addresses={LOOPBACK} -k {self.workdir} -c fsync=off"
+        done = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-o", options, "-w", "-t", "60",
+                         "start")
+        if done.returncode != 0:
+            raise PeerStartError(f"PostgreSQL did not start: {done.stdout}{done.stderr}\n{_log_tail(self.log_path)}")
+        wait_for_port(LOOPBACK, self.port, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> PostgresPeer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -166,7 +166,8 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         check_called_ae=sec["check_called_ae"],
     )
     p = effective["paths"]
-    paths = Paths(inbox=base / p["inbox"], outbox=base / p["outbox"], var=base / p["var"])
+    paths = Paths(inbox=base / p["inbox"], outbox=base / p["outbox"], var=base / p["var"],
+                  database_url=effective["database"]["url"])
     peers = {
         name: PeerConfig(
             name=name,

@@ -80,6 +80,7 @@ class Paths:
     inbox: Path
     outbox: Path
     var: Path
+    database_url: str | None = None  # `database.url`: None is SQLite at var/node.db
 
     @property
     def store(self) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from node.ops.health import CheckResult, Heartbeat, sqlite_writable_check
+from node.ops.health import CheckResult, Heartbeat, postgres_check, sqlite_writable_check
 from node.ops.metrics import Metrics
 from node.pull.scheduler import Scheduler
 from node.receive.diskguard import DiskGuard
@@ -36,7 +36,7 @@ class NodeGauges:
 
 
 def health_checks(
-    scp: StorageSCP, disk_guard: DiskGuard, database: Path, heartbeat: Heartbeat
+    scp: StorageSCP, disk_guard: DiskGuard, database: Path, heartbeat: Heartbeat, database_url: str | None = None
 ) -> dict[str, Callable[[], CheckResult]]:
     """The /healthz checks of the node's resources: SCP listening, database writable, disk below the guard, main
     loop alive. The background parts (scheduler, inbox, completion, processing, ...) add theirs (Node.loop_checks)."""
@@ -54,7 +54,7 @@ def health_checks(
 
     checks = {
         "scp": listening,
-        "database": lambda: sqlite_writable_check(database),
+        "database": (lambda: postgres_check(database_url)) if database_url else (lambda: sqlite_writable_check(database)),
         "disk": disk,
         "main_loop": heartbeat.check,
     }

@@ -34,7 +34,7 @@ def report(cfg: Config, write: Write, echo_peers: bool = True, last: int = 5) ->
             result = echo(PeerAddress(peer.ae_title, peer.host, peer.port), settings)
             state = f"reachable ({result.seconds * 1000:.0f} ms)" if result.ok else f"NOT reachable: {result.error}"
             write(f"peer {name} {peer.ae_title}@{peer.host}:{peer.port}: {state}\n")
-    if not cfg.paths.database.exists():
+    if not cfg.paths.database_url and not cfg.paths.database.exists():
         write(f"database {cfg.paths.database}: none yet (the node has not run with these paths)\n")
         return
     store = Store(cfg.paths, read_only=True)

@@ -5,7 +5,7 @@ Run once when the node opens its store (Store.__init__); read-only tools check t
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
 # Bumped whenever a table or column is added; a database with a lower user_version is migrated at open.
 SCHEMA_VERSION = 3
@@ -149,25 +149,43 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def version(db: sqlite3.Connection) -> int:
+_PG_META = "CREATE TABLE IF NOT EXISTS schema_meta (version BIGINT NOT NULL)"
+
+
+def version(db: Any, dialect: str = "sqlite") -> int:
+    if dialect == "postgresql":
+        db.execute(_PG_META)
+        row = db.execute("SELECT version FROM schema_meta").fetchone()
+        return int(row[0]) if row else 0
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Create missing tables and columns in one transaction; idempotent, a no-op on a current database."""
-    if version(db) >= SCHEMA_VERSION:
+def migrate(db: Any, dialect: str = "sqlite") -> None:
+    """Create missing tables and columns in one transaction; idempotent, a no-op on a current database.
+    The same DDL serves PostgreSQL, translated (node/store/postgres.py), with its version in schema_meta."""
+    if version(db, dialect) >= SCHEMA_VERSION:
         return
     db.execute("BEGIN IMMEDIATE")
     try:
+        pg = dialect == "postgresql"
+        if pg:
+            from node.store.postgres import translate_ddl
         for statement in _TABLES.split(";"):
             if statement.strip():
-                db.execute(statement)
+                db.execute(translate_ddl(statement) if pg else statement)
         for table, column, declaration in _ADDED_COLUMNS:
             # table/column/declaration are the constants above, never input.
+            if pg:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {translate_ddl(declaration)}")
+                continue
             present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if pg:
+            db.execute("DELETE FROM schema_meta")
+            db.execute("INSERT INTO schema_meta(version) VALUES (?)", (SCHEMA_VERSION,))
+        else:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         db.execute("ROLLBACK")
         raise

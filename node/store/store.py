@@ -75,6 +75,17 @@ class Origin:
 KEEP_FIRST, NEWEST_WINS = "keep_first", "newest_wins"
 
 
+def _db_errors() -> tuple[type[Exception], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+DB_ERRORS = _db_errors()  # what a failed index write raises, on either backend
+
+
 @dataclass(frozen=True)
 class StoreResult:
     sop_uid: str
@@ -138,6 +149,16 @@ class Store:
         self.quarantine_max_bytes: int | None = None
         self._quarantine_bytes: int | None = None  # bytes in var/quarantine, counted once, then kept up to date
         self._quarantine_lock = threading.Lock()
+        self.dialect = "postgresql" if paths.database_url else "sqlite"
+        if paths.database_url:
+            from node.store import postgres
+
+            self.db: Any = postgres.Connection(paths.database_url)
+            if not read_only:
+                for folder in (paths.var, paths.store, paths.tmp, paths.quarantine, paths.conflicts):
+                    folder.mkdir(parents=True, exist_ok=True)
+                schema.migrate(self.db, self.dialect)
+            return
         if read_only:
             # Read-only tools (the status verb) never create folders or change the schema of a running node.
             self.db = sqlite3.connect(f"{paths.database.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
@@ -151,7 +172,7 @@ class Store:
     @property
     def schema_version(self) -> int:
         with self._db_lock:
-            return schema.version(self.db)
+            return schema.version(self.db, self.dialect)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -167,7 +188,7 @@ class Store:
             self.db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Any]:
         """Serialised write transaction on the shared connection."""
         with self._db_lock:
             self.db.execute("BEGIN IMMEDIATE")
@@ -299,7 +320,7 @@ class Store:
             raise StoreError(STATUS_STORE_FAILED, f"could not write: {exc}") from None
         try:
             self._index(dest, sha, size, header, ts, origin)
-        except sqlite3.Error as exc:  # e.g. "database or disk is full": not acknowledged, so not kept
+        except DB_ERRORS as exc:  # e.g. "database or disk is full": not acknowledged, so not kept
             with contextlib.suppress(OSError):
                 dest.unlink()
                 fsync_dir(dest.parent)
@@ -439,7 +460,7 @@ class Store:
                 "INSERT INTO studies(study_uid, patient_id, accession, study_date, first_received, last_received,"
                 " n_instances, state, state_changed) VALUES (?,?,?,?,?,?,?, 'receiving', ?)"
                 " ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received,"
-                " n_instances=n_instances+excluded.n_instances",
+                " n_instances=studies.n_instances+excluded.n_instances",
                 (
                     study_uid,
                     _text(header.get("PatientID")),
@@ -478,7 +499,7 @@ class Store:
         try:
             with self.transaction() as db:
                 db.executemany("DELETE FROM deliveries WHERE assoc_id=?", [(a,) for a in pending])
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             log.warning("Could not close %d delivery record(s) yet (%s); retrying at the next pass", len(pending), exc)
             return
         with self._pending_lock:

@@ -24,7 +24,7 @@ from tests.support.requests import FAST, drop, expected_counts, series_counts, s
 from tests.support.waiting import wait_for
 from toolkit.dicomgen import SeriesSpec, StudySpec, make_study, multi_series_study, write_datasets
 from toolkit.nodeproc import NodeProcess, config_dict, make_config
-from toolkit.peers import OrthancPeer, free_port
+from toolkit.peers import OrthancPeer, PostgresPeer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -76,25 +76,28 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
 
 @pytest.fixture
 def node_for(start_node: Callable[..., Node], pacs: Pacs) -> Callable[..., Node]:
-    def factory(requests: dict[str, Any] | None = None, **peer_extra: Any) -> Node:
-        return start_node(node={"port": pacs.node_port}, peers=pacs.peer(**peer_extra), requests={**FAST, **(requests or {})})
+    def factory(requests: dict[str, Any] | None = None, database_url: str | None = None, **peer_extra: Any) -> Node:
+        return start_node(node={"port": pacs.node_port}, peers=pacs.peer(**peer_extra), requests={**FAST, **(requests or {})},
+                          database={"url": database_url})
 
     return factory
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The state backend: SQLite in var/ (None), or a real PostgreSQL server started for the test."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with PostgresPeer() as pg:
+        yield pg.url
 
 
-
-
-
-
-
-
-
-
-
-def test_a_request_by_accession_pulls_the_whole_study_and_ends_done(node_for: Callable[..., Node], pacs: Pacs) -> None:
-    node = node_for()
+def test_a_request_by_accession_pulls_the_whole_study_and_ends_done(
+    node_for: Callable[..., Node], pacs: Pacs, backend: str | None
+) -> None:
+    node = node_for(database_url=backend)
+    assert node.store.dialect == ("postgresql" if backend else "sqlite")
     drop(node, "by-accession.yaml", "studies:\n  - accession: REQ_A\noutputs: [excel]\n")
     doc = wait_state(node, "by-accession")
     spec = pacs.studies["acc"]
