@@ -314,7 +314,7 @@ def validate(data: Any, name: str, sha256: str, peers: Sequence[str]) -> Request
         name=name,
         sha256=sha256,
         peer=peer,
-        studies=tuple(studies),
+        studies=tuple(dict.fromkeys(studies)),  # the same study asked twice is queried once
         series_filter=SeriesFilter(
             modality=tuple(f.get("modality", ())),
             exclude_derived=bool(f.get("exclude_derived", False)),

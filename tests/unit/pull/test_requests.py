@@ -193,3 +193,11 @@ def test_the_series_filter_says_why_it_skips_a_series() -> None:
     assert f.verdict({"Modality": "MR", "SeriesDescription": "t1 loc"}, 20) == (
         "description 't1 loc' matches exclude pattern 'loc'")
     assert f.verdict({"Modality": "MR", "SeriesDescription": "t1 MIP"}, 20) == "derived: name 'mip' (ImageType[0]=missing)"
+
+
+def test_the_same_study_asked_twice_in_one_request_is_queried_once() -> None:
+    from node.pull.requests import parse
+
+    csv = "AccessionNumber\n" + "A1\n" * 2000 + "A2\nA1\n"
+    request = parse("many.csv", csv.encode(), ["pacs"])
+    assert [q.accession for q in request.studies] == ["A1", "A2"]
