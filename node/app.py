@@ -16,7 +16,7 @@ from node import adapters
 from node import config as config_mod
 from node.background import Loop
 from node.config import Config, ConfigError
-from node.ops.health import HealthServer, Heartbeat, combine_checks
+from node.ops.health import Heartbeat, combine_checks
 from node.ops.metrics import Metrics
 from node.ops.notify import Notifier
 from node.ops.observability import NodeGauges, health_checks
@@ -29,6 +29,10 @@ from node.receive.importer import Importer
 from node.receive.scp import StorageSCP
 from node.store.retention import Retention
 from node.store.store import Store
+from node.web.auth import LoginLimiter, Sessions, Users
+from node.web.context import Audit, WebContext
+from node.web.server import WebServer
+from node.web.service import Actions
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class Node:
         self.inbox = Inbox(config, self.store, self.scheduler)
         self.metrics.add_collector(NodeGauges(self.scp, self.disk_guard, self.store, self.scheduler))
         self.heartbeat = Heartbeat("main_loop", max_age_s=30)
-        self.health: HealthServer | None = None
+        self.web: WebServer | None = None
         self.completion = CompletionMonitor(self.store, completion_config(config))
         self.processor = Processor(config, self.store, self.metrics)
         # Watch-folder import and retention: imports go through the same store path as C-STOREs.
@@ -75,16 +79,9 @@ class Node:
         self.inbox.start()
         self._started = True
         self.heartbeat.beat()
-        h = self.config.health
-        if h.enabled:
-            checks = combine_checks(
-                {**health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat,
-                                 self.config.paths.database_url),
-                 **self.loop_checks()}
-            )
-            self.health = HealthServer(h.bind, h.port, checks, self.metrics, allow_remote=h.allow_remote)
-            self.health.start()
-            log.info("Health and metrics on http://%s:%d/healthz and /metrics", h.bind, self.health.port)
+        if self.config.web.enabled:
+            self.web = self._web_server()
+            self.web.start()
         self.processor.start()
         if self.config.imports.enabled:
             self.importer.start()
@@ -92,6 +89,26 @@ class Node:
         self._housekeeping.start()
         self.metrics.set("dicomnode_up", 1.0)
         return address
+
+    def _web_server(self) -> WebServer:
+        w = self.config.web
+        checks = combine_checks(
+            {**health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat,
+                             self.config.paths.database_url),
+             **self.loop_checks()}
+        )
+        ctx = WebContext(
+            config=lambda: self.config,
+            actions=Actions(self.inbox, self.scheduler, self.store),
+            metrics=self.metrics,
+            checks=checks,
+            users=Users(self.config.users_file),
+            sessions=Sessions(w.session_hours * 3600),
+            limiter=LoginLimiter(w.login_attempts, w.login_window_s),
+            audit=Audit(self.config.paths.var / "web" / "audit.log"),
+            disk_ok=lambda: not self.disk_guard.tripped(),
+        )
+        return WebServer(ctx, w.bind, w.port, allow_remote=w.allow_remote)
 
     def _housekeep(self) -> None:
         self.completion.tick()
@@ -132,6 +149,8 @@ class Node:
             needs_restart.append("paths")
         if new.node.tls != self.config.node.tls:
             needs_restart.append("node.tls")
+        if new.web != self.config.web:
+            needs_restart.append("web")
         self.scp.apply_policy(new)
         s = new.storage
         self.store.conflict_policy = s.on_conflict
@@ -162,9 +181,9 @@ class Node:
         self.retention.stop()
         self._housekeeping.stop()
         self.processor.stop(self.config.node.drain_timeout_s if drain_timeout is None else drain_timeout)
-        if self.health is not None:
-            self.health.stop()
-            self.health = None
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         self.store.close()
         self._started = False
         self._unlock()

@@ -28,7 +28,7 @@ def config_dict(root: Path, port: int | None = None, **sections: Any) -> dict[st
         "paths": {"inbox": str(root / "inbox"), "outbox": str(root / "outbox"), "var": str(root / "var")},
         "peers": {"pacs": {"ae_title": "PACS", "host": LOOPBACK, "port": free_port()}},
         "logging": {"level": "INFO"},
-        "health": {"port": 0},
+        "web": {"port": 0},
     }
     for section, values in sections.items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):

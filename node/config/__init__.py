@@ -20,6 +20,7 @@ from node.config.model import (
     StorageConfig,
     TimeWindow,
     TlsConfig,
+    WebConfig,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "StorageConfig",
     "TimeWindow",
     "TlsConfig",
+    "WebConfig",
     "apply_env_overrides",
     "dump",
     "load",

@@ -31,6 +31,7 @@ from node.config.model import (
     StorageConfig,
     TimeWindow,
     TlsConfig,
+    WebConfig,
 )
 from node.dicom.validators import ae_title_problem
 
@@ -221,6 +222,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         imports=ImportConfig(**effective["import"]),
         retention=RetentionConfig(**effective["retention"]),
         health=HealthConfig(**effective["health"]),
+        web=WebConfig(**{**effective["web"], "users_file": opt_path(effective["web"]["users_file"])}),
         logging=LoggingConfig(level=lg["level"], pynetdicom_level=lg["pynetdicom_level"]),
         effective=effective,
     )

@@ -197,11 +197,22 @@ class RetentionConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    enabled: bool = _default("health", "enabled")
-    bind: str = _default("health", "bind")
-    port: int = _default("health", "port")
-    allow_remote: bool = _default("health", "allow_remote")
     stall_after_s: float = _default("health", "stall_after_s")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = _default("web", "enabled")
+    bind: str = _default("web", "bind")
+    port: int = _default("web", "port")
+    allow_remote: bool = _default("web", "allow_remote")
+    users_file: Path | None = None  # null in the schema: <paths.var>/web/users.json
+    session_hours: float = _default("web", "session_hours")
+    secure_cookies: bool = _default("web", "secure_cookies")
+    login_attempts: int = _default("web", "login_attempts")
+    login_window_s: float = _default("web", "login_window_s")
+    max_upload_mb: float = _default("web", "max_upload_mb")
+    find_peer_timeout_s: float = _default("web", "find_peer_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -269,6 +280,11 @@ class Config:
     health: HealthConfig
     logging: LoggingConfig
     effective: dict[str, Any] = field(repr=False)
+    web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def users_file(self) -> Path:
+        return self.web.users_file or self.paths.var / "web" / "users.json"
 
     @property
     def default_peer(self) -> PeerConfig:

@@ -376,6 +376,29 @@ class Inbox:
             self._activate(rid, path, safe)
         return rid
 
+    def submit_text(self, stem: str, text: str) -> int:
+        """A request that did not come as a dropped file (the web API): the same validation and scheduler as a
+        dropped file, and its YAML is filed in inbox/active/ like one, so its lifecycle (done/, failed/, status
+        file, recovery) is the same. RequestError lists the problems; nothing is recorded then."""
+        raw = text.encode("utf-8")
+        safe = _safe_name(f"{stem}.yaml")
+        sha = hashlib.sha256(raw).hexdigest()
+        limit = self.config.requests.max_file_bytes
+        with self._files_lock:
+            if self.store.query("SELECT 1 FROM requests WHERE sha256=?", (sha,)):
+                raise RequestError(["At '<request>': the same request was already received; change something to send it again"])
+            request = requests_mod.parse(safe, raw, list(self.config.peers), limit, name=self._unique_name(Path(safe).stem))
+            # Recorded first, then filed: a kill in between leaves a request that runs with no file, never a
+            # file that nobody runs.
+            rid = self.scheduler.submit(request, safe)
+            target = _unique(self.root / ACTIVE, safe)
+            _write_atomic(target, text)
+            fsync_dir(target.parent)
+            with self.store.transaction() as db:
+                db.execute("UPDATE requests SET file_name=?, file_location=? WHERE id=?", (target.name, ACTIVE, rid))
+        self.request_changed(rid)
+        return rid
+
     def _skip_once(self, path: Path) -> None:
         """A symlink, FIFO, socket or folder named like a request is never read: say so once, not at every scan."""
         if path.name in self._warned:

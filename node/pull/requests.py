@@ -40,8 +40,9 @@ SCHEMA: dict[str, Any] = {
                     "patient_id": _ID_TEXT,
                     "study_date": {"type": ["string", "integer"]},
                     "modality": {"type": "string", "pattern": r"^[A-Z0-9]{1,16}\Z"},
+                    "study_uid": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)*\Z", "maxLength": 64},
                 },
-                "oneOf": [{"required": ["accession"]}, {"required": ["patient_id"]}],
+                "oneOf": [{"required": ["accession"]}, {"required": ["patient_id"]}, {"required": ["study_uid"]}],
             },
         },
         "series_filter": {
@@ -81,9 +82,12 @@ class StudyQuery:
     patient_id: str | None = None
     study_date: str | None = None
     modality: str | None = None
+    study_uid: str | None = None  # one study picked by its UID (the web page's selection of a search result)
 
     def dicom_query(self) -> dict[str, str]:
         """The C-FIND identifier values (DICOM keywords)."""
+        if self.study_uid is not None:
+            return {"StudyInstanceUID": self.study_uid}
         if self.accession is not None:
             return {"AccessionNumber": self.accession}
         query = {"PatientID": self.patient_id or ""}
@@ -95,7 +99,8 @@ class StudyQuery:
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in (("accession", self.accession), ("patient_id", self.patient_id),
-                                  ("study_date", self.study_date), ("modality", self.modality)) if v is not None}
+                                  ("study_date", self.study_date), ("modality", self.modality),
+                                  ("study_uid", self.study_uid)) if v is not None}
 
     def describe(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.as_dict().items())
@@ -272,7 +277,7 @@ def validate(data: Any, name: str, sha256: str, peers: Sequence[str]) -> Request
     for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         message = err.message
         if err.validator == "oneOf" and isinstance(err.instance, dict):
-            message = "each study needs exactly one of 'accession' or 'patient_id'"
+            message = "each study needs exactly one of 'accession', 'patient_id' or 'study_uid'"
         elif err.validator == "additionalProperties" and err.validator_value is False:
             allowed = sorted(err.schema.get("properties", {}))
             message = f"{message}; allowed keys: {', '.join(allowed)}"
@@ -293,9 +298,11 @@ def validate(data: Any, name: str, sha256: str, peers: Sequence[str]) -> Request
             problem = _date_problem(study_date)
             if problem:
                 problems.append(f"At 'studies[{i}].study_date': {problem}")
-        if "accession" in entry and ("study_date" in entry or "modality" in entry):
-            problems.append(f"At 'studies[{i}]': study_date and modality go with patient_id, not with accession")
-        studies.append(StudyQuery(entry.get("accession"), entry.get("patient_id"), study_date, entry.get("modality")))
+        for alone in ("accession", "study_uid"):
+            if alone in entry and ("study_date" in entry or "modality" in entry):
+                problems.append(f"At 'studies[{i}]': study_date and modality go with patient_id, not with {alone}")
+        studies.append(StudyQuery(entry.get("accession"), entry.get("patient_id"), study_date, entry.get("modality"),
+                                  entry.get("study_uid")))
     f = data.get("series_filter") or {}
     for key in ("include", "exclude"):
         for j, pattern in enumerate(f.get(key, [])):

@@ -46,6 +46,7 @@ R_QUEUED, R_RUNNING, R_PULLED, R_DONE, R_FAILED = "queued", "running", "pulled",
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPACE_RETRY_S = 5.0
 _NO_SPACE = "waiting for disk space: the node's disk is above storage.disk_high_water_pct (no attempt spent)"
+CANCELLED = "cancelled by "  # how a request's reason starts once a user cancelled it (kept across restarts)
 _IMAGE_MOVE_CHUNK = 500  # SOP Instance UIDs per IMAGE-level gap-fill move: keeps the identifier small
 
 
@@ -270,6 +271,37 @@ class Scheduler:
         self.kick()
         return rid
 
+    def cancel(self, rid: int, who: str) -> str:
+        """Cancel a request: work not started fails at once; a running C-FIND or C-MOVE finishes the series it is
+        on (a C-CANCEL would leave that series half here and half there), then stops. Returns the request's state
+        (KeyError: no such request)."""
+        rows = self.store.query("SELECT state, reason FROM requests WHERE id=?", (rid,))
+        if not rows:
+            raise KeyError(rid)
+        state, reason = str(rows[0][0]), rows[0][1]
+        if state in (R_DONE, R_FAILED) or str(reason or "").startswith(CANCELLED):
+            return state
+        when = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+        why = f"{CANCELLED}{who} at {when}"
+        with self.store.transaction() as db:
+            db.execute("UPDATE requests SET reason=?, updated=? WHERE id=?", (why, time.time(), rid))
+            db.execute("UPDATE request_queries SET state=?, reason=? WHERE request_id=? AND state IN (?, ?)",
+                       (FAILED, why, rid, QUEUED, WAITING))
+            waiting = [int(r[0]) for r in db.execute(
+                "SELECT id FROM request_studies WHERE request_id=? AND state IN (?, ?)", (rid, QUEUED, WAITING))]
+            db.executemany("UPDATE request_studies SET state=?, reason=?, updated=? WHERE id=?",
+                           [(FAILED, why, time.time(), sid) for sid in waiting])
+        for sid in waiting:
+            self._after_failure("request_studies", sid, rid, why)
+        log.info("Request %d cancelled by %s (%d waiting stud(ies) dropped)", rid, who, len(waiting))
+        self._changed(rid)
+        return self.refresh_request(rid)
+
+    def _cancelled(self, rid: int) -> str | None:
+        rows = self.store.query("SELECT reason FROM requests WHERE id=?", (rid,))
+        reason = str(rows[0][0] or "") if rows else ""
+        return reason if reason.startswith(CANCELLED) else None
+
     def _changed(self, rid: int) -> None:
         self.changes.mark(rid)
 
@@ -343,13 +375,19 @@ class Scheduler:
         table = "request_queries" if kind == "q" else "request_studies"
         try:
             peer = self.config.peers[peer_name]
-            if kind == "q":
+            cancelled = self._cancelled(rid)
+            if cancelled:  # found by a query that was running when the request was cancelled
+                self._finish_failed(table, item_id, rid, cancelled)
+            elif kind == "q":
                 self._run_query(item_id, rid, peer)
             else:
                 assert study_uid is not None
                 self._run_study(item_id, rid, peer, study_uid)
         except _Paused as paused:
-            self._set_item(table, item_id, paused.state, next_attempt=paused.at, reason=paused.reason)
+            if paused.state == FAILED:
+                self._finish_failed(table, item_id, rid, paused.reason)
+            else:
+                self._set_item(table, item_id, paused.state, next_attempt=paused.at, reason=paused.reason)
         except ScuError as exc:
             if kind == "s" and not self._space_for_pulls():
                 # Our own disk guard refused the peer's sub-operations: not the peer's fault, no attempt spent.
@@ -426,8 +464,11 @@ class Scheduler:
                            reason=f"attempt {attempts} of {budget} failed: {reason}; retry at {when}")
             log.info("Request %d: %s %d attempt %d failed (%s); retry in %.1fs", rid, table, item_id, attempts, reason, delay)
 
-    def _pause_point(self, peer: PeerConfig) -> None:
-        """Between series: stop here if the node is stopping or the peer's window closed."""
+    def _pause_point(self, peer: PeerConfig, rid: int) -> None:
+        """Between series: stop here if the request was cancelled, the node is stopping or the peer's window closed."""
+        cancelled = self._cancelled(rid)
+        if cancelled:
+            raise _Paused(FAILED, time.time(), f"{cancelled}; stopped between two series")
         if self._stopping.is_set():
             raise _Paused(QUEUED, time.time(), "interrupted by a node stop; resumes at start")
         now = self.clock()
@@ -541,7 +582,7 @@ class Scheduler:
             if counts[series_uid] >= int(expected):
                 self._set_series(rid, series_uid, COMPLETE)
                 continue
-            self._pause_point(peer)
+            self._pause_point(peer, rid)
             self._move_series(sid, rid, peer, study_uid, series_uid, int(expected), counts, total)
             counts[series_uid] = min(self._have(series_uid), int(expected))
             short = counts[series_uid] < int(expected)
@@ -653,12 +694,13 @@ class Scheduler:
 
     def refresh_request(self, rid: int) -> str:
         """Derive the request state from its items and, once pulled, from studies.state (the processor's)."""
-        rows = self.store.query("SELECT state FROM requests WHERE id=?", (rid,))
+        rows = self.store.query("SELECT state, reason FROM requests WHERE id=?", (rid,))
         if not rows:
             return ""
         current = str(rows[0][0])
         if current in (R_DONE, R_FAILED):
             return current
+        cancelled = str(rows[0][1] or "") if str(rows[0][1] or "").startswith(CANCELLED) else None
         q_states = [str(r[0]) for r in self.store.query("SELECT state FROM request_queries WHERE request_id=?", (rid,))]
         s_rows = self.store.query(
             "SELECT rs.state, st.state FROM request_studies rs LEFT JOIN studies st ON st.study_uid=rs.study_uid"
@@ -677,6 +719,11 @@ class Scheduler:
             state, reason = R_FAILED, self._failure_summary(rid)
         else:
             state = R_DONE
+        if cancelled:
+            # Cancelled: running until the series being moved is in, then failed with the user's words.
+            running = any(s in _ACTIVE for s in items)
+            state = R_RUNNING if running else R_FAILED
+            reason = cancelled + ("; the series being moved finishes first" if running else "")
         if state != current or reason:
             with self.store.transaction() as db:
                 db.execute("UPDATE requests SET state=?, reason=?, updated=? WHERE id=?", (state, reason, time.time(), rid))

@@ -103,7 +103,7 @@ def test_sigterm_lets_a_running_association_finish_before_exiting(tmp_path):
 def test_healthz_is_ok_and_metrics_count_a_storescu_run(tmp_path):
     health_port = free_port()
     files = write_study(StudySpec(series=[SeriesSpec(n_slices=7)]), tmp_path / "src")
-    with NodeProcess(tmp_path / "node", health={"port": health_port}) as node:
+    with NodeProcess(tmp_path / "node", web={"port": health_port}) as node:
         status, body = http_get(health_port, "/healthz")
         assert status == 200, body
         assert json.loads(body)["status"] == "ok"
@@ -122,7 +122,7 @@ def test_healthz_turns_unhealthy_and_stores_are_refused_when_the_disk_guard_trip
     health_port = free_port()
     (sent,) = write_study(StudySpec(series=[SeriesSpec(n_slices=1)]), tmp_path / "src")
     guard = {"disk_high_water_pct": 0.001, "disk_low_water_pct": 0.0005}
-    with NodeProcess(tmp_path / "node", health={"port": health_port}, storage=guard) as node:
+    with NodeProcess(tmp_path / "node", web={"port": health_port}, storage=guard) as node:
         status, body = http_get(health_port, "/healthz")
         assert status == 503
         checks = json.loads(body)["checks"]

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.integration
 
 
 def healthz(node: Node) -> tuple[int, dict[str, Any]]:
-    assert node.health is not None
+    assert node.web is not None
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.health.port}/healthz", timeout=10) as rsp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.web.port}/healthz", timeout=10) as rsp:
             return rsp.status, json.loads(rsp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -60,7 +60,7 @@ def pings(sock: socket.socket) -> int:
 def test_a_stuck_inbox_turns_healthz_red_and_withholds_the_watchdog_until_it_recovers(
     start_node: Callable[..., Node], notify_socket: tuple[str, socket.socket]
 ) -> None:
-    node = start_node(health={"port": 0, "stall_after_s": 1})
+    node = start_node(web={"port": 0}, health={"stall_after_s": 1})
     status, doc = healthz(node)
     assert status == 200, doc
     assert {"scheduler", "inbox", "completion", "processing", "retention"} <= set(doc["checks"])

@@ -235,13 +235,13 @@ def test_a_node_restarted_in_the_middle_of_a_request_resumes_without_moving_anyt
     original = node.scheduler._pause_point
     calls = []
 
-    def pause_point(peer: Any) -> None:
+    def pause_point(peer: Any, rid: int) -> None:
         # Before the second series: let the test stop the node here, so the stop lands mid-request every time.
         calls.append(peer)
         if len(calls) == 2:
             first_series_done.set()
             node.scheduler._stopping.wait(30)
-        original(peer)
+        original(peer, rid)
 
     node.scheduler._pause_point = pause_point  # type: ignore[method-assign]
     node.start()

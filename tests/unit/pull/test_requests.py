@@ -87,9 +87,9 @@ def test_an_empty_study_list_is_refused() -> None:
 
 def test_a_study_needs_exactly_one_of_accession_or_patient_id() -> None:
     assert problems("studies:\n  - modality: MR\n") == [
-        "At 'studies[0]': each study needs exactly one of 'accession' or 'patient_id'"]
+        "At 'studies[0]': each study needs exactly one of 'accession', 'patient_id' or 'study_uid'"]
     assert problems("studies:\n  - {accession: A, patient_id: P}\n") == [
-        "At 'studies[0]': each study needs exactly one of 'accession' or 'patient_id'"]
+        "At 'studies[0]': each study needs exactly one of 'accession', 'patient_id' or 'study_uid'"]
 
 
 def test_an_unknown_peer_is_refused_naming_the_configured_ones() -> None:
