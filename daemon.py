@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     req.add_argument("--not-before", help="ISO date-time")
     status = sub.add_parser("status", parents=[common], help="listener, peers, requests and studies by state, last errors")
     status.add_argument("--no-echo", action="store_true", help="do not C-ECHO the peers")
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a request (by name or id); the running node stops it")
+    cancel.add_argument("request", help="the request's name (as in its status file) or its number")
+    user = sub.add_parser("user", parents=[common], help="web users: add, passwd, remove, list, token")
+    user.add_argument("action", choices=["add", "passwd", "remove", "list", "token"])
+    user.add_argument("name", nargs="?")
+    user.add_argument("--role", choices=["viewer", "operator"], default="viewer", help="for add (default viewer)")
+    user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    user.add_argument("--label", default="", help="for token: what the token is for")
     return p
 
 
@@ -139,6 +147,72 @@ def _cmd_status(cfg: Config, echo_peers: bool) -> int:
     return EXIT_OK
 
 
+def _cmd_cancel(cfg: Config, which: str) -> int:
+    import getpass
+
+    from node.pull.scheduler import cancel_request
+    from node.store.store import Store
+
+    store = Store(cfg.paths)
+    try:
+        rows = store.query("SELECT id, name, state FROM requests WHERE name=? OR CAST(id AS TEXT)=?", (which, which))
+        if not rows:
+            sys.stderr.write(f"No request named {which!r}\n")
+            return EXIT_FAILURE
+        rid, name, state = rows[0]
+        if not cancel_request(store, int(rid), f"{getpass.getuser()} (command line)"):
+            sys.stderr.write(f"Request {name} is {state} (or already cancelled): nothing to cancel\n")
+            return EXIT_FAILURE
+    finally:
+        store.close()
+    sys.stdout.write(f"Request {name} cancelled: waiting work dropped; a series being moved finishes first\n")
+    return EXIT_OK
+
+
+def _cmd_user(cfg: Config, args: argparse.Namespace) -> int:
+    import getpass
+
+    from node.web.auth import UserError, Users
+
+    users = Users(cfg.users_file)
+    if args.action == "list":
+        for name, role in sorted(users.names().items()):
+            sys.stdout.write(f"{name}\t{role}\n")
+        return EXIT_OK
+    if not args.name:
+        sys.stderr.write(f"user {args.action}: give the user name\n")
+        return EXIT_CONFIG
+    try:
+        if args.action == "remove":
+            if not users.remove_user(args.name):
+                sys.stderr.write(f"No user {args.name!r}\n")
+                return EXIT_FAILURE
+            sys.stdout.write(f"User {args.name} removed (their API tokens too)\n")
+            return EXIT_OK
+        if args.action == "token":
+            sys.stdout.write(users.new_token(args.name, args.label) + "\n")
+            sys.stderr.write("Shown once: keep it like a password (Authorization: Bearer <token>)\n")
+            return EXIT_OK
+        known = users.names()
+        if args.action == "passwd" and args.name not in known:
+            sys.stderr.write(f"No user {args.name!r} (add it first)\n")
+            return EXIT_FAILURE
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"Password for {args.name}: ")
+            if getpass.getpass("Again: ") != password:
+                sys.stderr.write("The two passwords differ\n")
+                return EXIT_CONFIG
+        role = args.role if args.action == "add" else known[args.name]
+        users.set_user(args.name, password, role)
+    except UserError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    sys.stdout.write(f"User {args.name} ({role}) saved in {cfg.users_file}\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verb = args.verb or "run"
@@ -159,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_request(cfg, args)
     if verb == "status":
         return _cmd_status(cfg, not args.no_echo)
+    if verb == "cancel":
+        return _cmd_cancel(cfg, args.request)
+    if verb == "user":
+        return _cmd_user(cfg, args)
     from node.app import run
 
     log.info("Starting with configuration %s:\n%s", args.config, config_mod.dump(cfg))

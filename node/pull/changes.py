@@ -100,13 +100,16 @@ class RequestChanges:
     def watch_processing(self) -> None:
         """Mark the open requests whose studies' processing states changed since the last look (one query)."""
         rows = self.store.query(
-            "SELECT rs.request_id, st.state, COUNT(*), MAX(st.state_changed) FROM request_studies rs"
+            "SELECT rs.request_id, st.state, COUNT(*), MAX(st.state_changed), MAX(r.updated) FROM request_studies rs"
             " JOIN requests r ON r.id=rs.request_id LEFT JOIN studies st ON st.study_uid=rs.study_uid"
-            " WHERE r.state IN (SELECT value FROM json_each(?)) GROUP BY rs.request_id, st.state",
-            (json.dumps(self._open_states),))
+            " WHERE r.state IN (SELECT value FROM json_each(?)) GROUP BY rs.request_id, st.state"
+            " UNION ALL SELECT id, NULL, 0, NULL, updated FROM requests WHERE state IN (SELECT value FROM json_each(?))"
+            " ORDER BY 1, 2, 3",
+            (json.dumps(self._open_states), json.dumps(self._open_states)))
         seen: dict[int, list[object]] = {}
-        for rid, state, n, changed in rows:
-            seen.setdefault(int(rid), []).extend((state, n, changed))
+        # A request's own row counts too: `daemon.py cancel` writes it from another process.
+        for rid, state, n, changed, updated in rows:
+            seen.setdefault(int(rid), []).extend((state, n, changed, updated))
         current = {rid: tuple(v) for rid, v in seen.items()}
         changed_rids = [rid for rid, v in current.items() if self._seen.get(rid) != v]
         self._seen = current

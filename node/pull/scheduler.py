@@ -275,25 +275,7 @@ class Scheduler:
         """Cancel a request: work not started fails at once; a running C-FIND or C-MOVE finishes the series it is
         on (a C-CANCEL would leave that series half here and half there), then stops. Returns the request's state
         (KeyError: no such request)."""
-        rows = self.store.query("SELECT state, reason FROM requests WHERE id=?", (rid,))
-        if not rows:
-            raise KeyError(rid)
-        state, reason = str(rows[0][0]), rows[0][1]
-        if state in (R_DONE, R_FAILED) or str(reason or "").startswith(CANCELLED):
-            return state
-        when = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
-        why = f"{CANCELLED}{who} at {when}"
-        with self.store.transaction() as db:
-            db.execute("UPDATE requests SET reason=?, updated=? WHERE id=?", (why, time.time(), rid))
-            db.execute("UPDATE request_queries SET state=?, reason=? WHERE request_id=? AND state IN (?, ?)",
-                       (FAILED, why, rid, QUEUED, WAITING))
-            waiting = [int(r[0]) for r in db.execute(
-                "SELECT id FROM request_studies WHERE request_id=? AND state IN (?, ?)", (rid, QUEUED, WAITING))]
-            db.executemany("UPDATE request_studies SET state=?, reason=?, updated=? WHERE id=?",
-                           [(FAILED, why, time.time(), sid) for sid in waiting])
-        for sid in waiting:
-            self._after_failure("request_studies", sid, rid, why)
-        log.info("Request %d cancelled by %s (%d waiting stud(ies) dropped)", rid, who, len(waiting))
+        cancel_request(self.store, rid, who)
         self._changed(rid)
         return self.refresh_request(rid)
 
@@ -428,15 +410,8 @@ class Scheduler:
         self._changed(rid)
 
     def _after_failure(self, table: str, item_id: int, rid: int, reason: str) -> None:
-        """A study whose pull failed is released; what did arrive is processed, flagged as possibly incomplete."""
-        if table != "request_studies":
-            return
-        (study_uid,) = self.store.query("SELECT study_uid FROM request_studies WHERE id=?", (item_id,))[0]
-        study_state.release_pull(self.store, study_uid, f"request:{rid}")
-        if self.store.query("SELECT 1 FROM pulls WHERE study_uid=?", (study_uid,)):
-            return  # another request still pulls it and will complete it
-        completion.mark_complete(self.store, study_uid, f"pull failed ({reason}); processing what arrived",
-                                 may_be_incomplete=True)
+        if table == "request_studies":
+            release_failed_study(self.store, item_id, rid, reason)
 
     def _retry_or_fail(self, table: str, item_id: int, rid: int, kind: ErrorKind, reason: str,
                        budget_cap: int | None = None) -> None:
@@ -745,6 +720,40 @@ class Scheduler:
 
 
 
+def release_failed_study(store: Store, item_id: int, rid: int, reason: str) -> None:
+    """A study whose pull failed is released; what did arrive is processed, flagged as possibly incomplete."""
+    (study_uid,) = store.query("SELECT study_uid FROM request_studies WHERE id=?", (item_id,))[0]
+    study_state.release_pull(store, study_uid, f"request:{rid}")
+    if store.query("SELECT 1 FROM pulls WHERE study_uid=?", (study_uid,)):
+        return  # another request still pulls it and will complete it
+    completion.mark_complete(store, study_uid, f"pull failed ({reason}); processing what arrived", may_be_incomplete=True)
+
+
+def cancel_request(store: Store, rid: int, who: str) -> bool:
+    """Record a cancellation in the database (the running node, or `daemon.py cancel` beside it): the reason says
+    who, items not started fail now, running ones stop at their next series. False: already finished/cancelled."""
+    rows = store.query("SELECT state, reason FROM requests WHERE id=?", (rid,))
+    if not rows:
+        raise KeyError(rid)
+    state, reason = str(rows[0][0]), rows[0][1]
+    if state in (R_DONE, R_FAILED) or str(reason or "").startswith(CANCELLED):
+        return False
+    when = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    why = f"{CANCELLED}{who} at {when}"
+    with store.transaction() as db:
+        db.execute("UPDATE requests SET reason=?, updated=? WHERE id=?", (why, time.time(), rid))
+        db.execute("UPDATE request_queries SET state=?, reason=? WHERE request_id=? AND state IN (?, ?)",
+                   (FAILED, why, rid, QUEUED, WAITING))
+        waiting = [int(r[0]) for r in db.execute(
+            "SELECT id FROM request_studies WHERE request_id=? AND state IN (?, ?)", (rid, QUEUED, WAITING))]
+        db.executemany("UPDATE request_studies SET state=?, reason=?, updated=? WHERE id=?",
+                       [(FAILED, why, time.time(), sid) for sid in waiting])
+    for sid in waiting:
+        release_failed_study(store, sid, rid, why)
+    log.info("Request %d cancelled by %s (%d waiting stud(ies) dropped)", rid, who, len(waiting))
+    return True
+
+
 # A 0xCxxx move failure before any sub-operation is nearly always configuration (the PACS does not know our AE
 # as a destination; Orthanc says 0xC000, not 0xA801): retried, but only this often, so the user hears soon.
 UNKNOWN_DESTINATION_ATTEMPTS = 3
@@ -769,4 +778,4 @@ def peer_find(config: Config, peer_name: str, query: dict[str, str]) -> list[dic
     return found.matches
 
 
-__all__ = ["Scheduler", "backoff_delay", "in_window", "next_window_start", "peer_find"]
+__all__ = ["Scheduler", "backoff_delay", "cancel_request", "in_window", "next_window_start", "peer_find"]

@@ -207,13 +207,18 @@ class Sessions:
 
 
 class LoginLimiter:
-    """At most `attempts` failed logins per client address and per user name in `window_s` seconds."""
+    """Failed logins allowed in `window_s` seconds: `attempts` per user name, `per_address` times that per client
+    address (behind a reverse proxy every user shares one address: a handful of typos must not lock out all)."""
 
-    def __init__(self, attempts: int, window_s: float) -> None:
+    def __init__(self, attempts: int, window_s: float, per_address: int = 10) -> None:
         self.attempts = attempts
         self.window_s = window_s
+        self.per_address = per_address
         self._lock = threading.Lock()
         self._failures: dict[str, deque[float]] = {}
+
+    def _limit(self, key: str) -> int:
+        return self.attempts * (self.per_address if key.startswith("ip:") else 1)
 
     def retry_after(self, *keys: str) -> float:
         """Seconds until a login may be tried again for these keys (0: now)."""
@@ -226,7 +231,7 @@ class LoginLimiter:
                     continue
                 while q and q[0] < now - self.window_s:
                     q.popleft()
-                if len(q) >= self.attempts:
+                if len(q) >= self._limit(key):
                     wait = max(wait, q[0] + self.window_s - now)
         return wait
 
@@ -236,9 +241,11 @@ class LoginLimiter:
             if len(self._failures) > 100_000:
                 self._failures.clear()  # bounded memory under a spray of names; the limit restarts
             for key in keys:
-                self._failures.setdefault(key, deque(maxlen=self.attempts + 1)).append(now)
+                self._failures.setdefault(key, deque(maxlen=self._limit(key) + 1)).append(now)
 
     def succeeded(self, *keys: str) -> None:
+        """A good password clears the user's count (not the address's: a sprayer with one account stays slowed)."""
         with self._lock:
             for key in keys:
-                self._failures.pop(key, None)
+                if not key.startswith("ip:"):
+                    self._failures.pop(key, None)

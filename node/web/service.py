@@ -67,7 +67,7 @@ def _peer(config: Config, name: str | None) -> str:
 
 def _pacs_error(peer: str, exc: ScuError | OSError) -> ServiceError:
     reason = exc.reason if isinstance(exc, ScuError) else str(exc)
-    if "refused" in reason.lower() or "association" in reason.lower() or isinstance(exc, OSError):
+    if not isinstance(exc, ScuError) or exc.status is None:  # no DICOM answer at all: network or association
         return ServiceError(502, f"The PACS {peer} could not be reached or refused the connection ({reason}). "
                                  "Try again later; if it persists, tell the node's administrator.")
     return ServiceError(502, f"The PACS {peer} refused the search ({reason}).")
