@@ -379,7 +379,9 @@ def progress_snapshot(store: Store, limit: int = 50) -> str:
     """The request list's live numbers as one JSON text (what the server push sends when it changes)."""
     return json.dumps([{"id": r["id"], "state": r["state"], "progress": r["progress"], "reason": r.get("reason"),
                         "studies": [{"study_uid": s["study_uid"], "state": s["state"], "progress": s["progress"],
-                                     "instances": s.get("instances")} for s in r["studies"]]}
+                                     "instances": s.get("instances"), "accession": s.get("accession"),
+                                     "patient_id": s.get("patient_id"), "study_date": s.get("study_date")}
+                                    for s in r["studies"]]}
                        for r in list_requests(store, limit)], sort_keys=True)
 
 
