@@ -74,14 +74,15 @@ class Node:
         # Before anything can deliver: leftovers of a crash are never acknowledged data.
         self.store.sweep_temp()
         self.store.reconcile()
+        if self.config.web.enabled:
+            # Before the SCP: whoever sees the node answer C-ECHO can also reach /healthz and the pages.
+            self.web = self._web_server()
+            self.web.start()
         address = self.scp.start()
         self.scheduler.start()  # after the SCP: pulled instances arrive through it
         self.inbox.start()
         self._started = True
         self.heartbeat.beat()
-        if self.config.web.enabled:
-            self.web = self._web_server()
-            self.web.start()
         self.processor.start()
         if self.config.imports.enabled:
             self.importer.start()
@@ -169,6 +170,9 @@ class Node:
 
     def stop(self, drain_timeout: float | None = None) -> None:
         if not self._started:
+            if self.web is not None:  # started before a later part failed to start
+                self.web.stop()
+                self.web = None
             self.store.close()
             self._unlock()
             return
