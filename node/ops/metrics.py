@@ -1,13 +1,16 @@
-"""In-process metrics registry rendered in the Prometheus text exposition format 0.0.4."""
+"""The node's metrics: one declared table, kept and rendered by prometheus_client (text format 0.0.4)."""
 
 from __future__ import annotations
 
 import enum
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -47,65 +50,65 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("dicomnode_config_reloads_total", _C, "Configuration reloads (SIGHUP), by result.", ("result",)),
 )
 
-LabelKey = tuple[tuple[str, str], ...]
-
 
 class Metrics:
-    """Thread-safe registry of the metrics declared in METRICS (or a table given for tests).
+    """The metrics declared in METRICS (or a table given for tests), in a prometheus_client registry of their own.
 
-    Using an undeclared name or the wrong labels raises ValueError: that is a programming error,
-    caught by the first test that exercises the call site.
+    Using an undeclared name or the wrong labels raises ValueError: that is a programming error, caught by the
+    first test that exercises the call site (prometheus_client itself would accept a gauge set on a counter's name
+    typo by creating nothing, or fail late).
     """
 
     def __init__(self, specs: Iterable[MetricSpec] = METRICS) -> None:
+        # One series per counter, not a second `_created` one per label set: scrapers here never use it.
+        prometheus_client.disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
         self._specs: dict[str, MetricSpec] = {}
+        self._metrics: dict[str, Any] = {}
+        kinds = {_C: Counter, _G: Gauge, _S: Summary}
         for spec in specs:
             if spec.name in self._specs:
                 raise ValueError(f"metric {spec.name!r} declared twice")
             self._specs[spec.name] = spec
-        self._values: dict[str, dict[LabelKey, float]] = {name: {} for name in self._specs}
-        self._counts: dict[str, dict[LabelKey, int]] = {name: {} for name in self._specs}
+            self._metrics[spec.name] = kinds[spec.type](spec.name, spec.help, spec.labels, registry=self.registry)
         self._collectors: list[Callable[[Metrics], None]] = []
         self._lock = threading.Lock()
+
+    def _child(self, name: str, labels: dict[str, str], *allowed: MetricType) -> Any:
+        spec = self._spec(name, *allowed)
+        if set(labels) != set(spec.labels):
+            raise ValueError(f"metric {spec.name} takes labels {sorted(spec.labels)}, got {sorted(labels)}")
+        metric = self._metrics[name]
+        return metric.labels(**{k: str(v) for k, v in labels.items()}) if spec.labels else metric
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         """Add value to a counter (value >= 0) or a gauge (any sign)."""
         spec = self._spec(name, _C, _G)
         if spec.type is _C and value < 0:
             raise ValueError(f"counter {name} cannot decrease (inc by {value})")
-        key = self._key(spec, labels)
-        with self._lock:
-            series = self._values[name]
-            series[key] = series.get(key, 0.0) + value
+        self._child(name, labels, _C, _G).inc(value)
 
     def set(self, name: str, value: float, **labels: str) -> None:
         """Set a gauge."""
-        spec = self._spec(name, _G)
-        key = self._key(spec, labels)
-        with self._lock:
-            self._values[name][key] = float(value)
+        self._child(name, labels, _G).set(float(value))
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         """Record one observation in a summary (exported as _count and _sum)."""
-        spec = self._spec(name, _S)
-        key = self._key(spec, labels)
-        with self._lock:
-            self._values[name][key] = self._values[name].get(key, 0.0) + seconds
-            self._counts[name][key] = self._counts[name].get(key, 0) + 1
+        self._child(name, labels, _S).observe(seconds)
 
     def get(self, name: str, **labels: str) -> float:
         """Current value (a summary's sum); 0 for a label set never touched."""
         spec = self._spec(name, _C, _G, _S)
-        key = self._key(spec, labels)
-        with self._lock:
-            return self._values[name].get(key, 0.0)
+        self._check_labels(spec, labels)
+        sample = f"{name.removesuffix('_total')}_total" if spec.type is _C else f"{name}_sum" if spec.type is _S else name
+        value = self.registry.get_sample_value(sample, {k: str(v) for k, v in labels.items()})
+        return float(value or 0.0)
 
     def count(self, name: str, **labels: str) -> int:
         """Number of observations of a summary."""
         spec = self._spec(name, _S)
-        key = self._key(spec, labels)
-        with self._lock:
-            return self._counts[name].get(key, 0)
+        self._check_labels(spec, labels)
+        return int(self.registry.get_sample_value(f"{name}_count", {k: str(v) for k, v in labels.items()}) or 0)
 
     def add_collector(self, fn: Callable[[Metrics], None]) -> None:
         """Register fn(metrics), called before each render to refresh gauges that are read, not counted."""
@@ -113,7 +116,7 @@ class Metrics:
             self._collectors.append(fn)
 
     def render(self) -> str:
-        """The whole registry in Prometheus text format 0.0.4, sorted by name then labels."""
+        """The whole registry in Prometheus text format 0.0.4 (prometheus_client's exposition)."""
         with self._lock:
             collectors = list(self._collectors)
         for fn in collectors:
@@ -122,22 +125,7 @@ class Metrics:
             # A broken collector must not take the scrape down.
             except Exception:
                 log.warning("metrics collector %r failed", fn, exc_info=True)
-        lines: list[str] = []
-        with self._lock:
-            for name in sorted(self._specs):
-                spec = self._specs[name]
-                lines.append(f"# HELP {name} {_escape_help(spec.help)}")
-                lines.append(f"# TYPE {name} {spec.type.value}")
-                values = self._values[name]
-                keys = sorted(values) if values or spec.labels else [()]
-                for key in keys:
-                    labels = _render_labels(key)
-                    if spec.type is _S:
-                        lines.append(f"{name}_count{labels} {self._counts[name].get(key, 0)}")
-                        lines.append(f"{name}_sum{labels} {_format_value(values.get(key, 0.0))}")
-                    else:
-                        lines.append(f"{name}{labels} {_format_value(values.get(key, 0.0))}")
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode("utf-8")
 
     def _spec(self, name: str, *allowed: MetricType) -> MetricSpec:
         spec = self._specs.get(name)
@@ -148,31 +136,6 @@ class Metrics:
         return spec
 
     @staticmethod
-    def _key(spec: MetricSpec, labels: dict[str, str]) -> LabelKey:
+    def _check_labels(spec: MetricSpec, labels: dict[str, str]) -> None:
         if set(labels) != set(spec.labels):
             raise ValueError(f"metric {spec.name} takes labels {sorted(spec.labels)}, got {sorted(labels)}")
-        return tuple((label, str(labels[label])) for label in spec.labels)
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _render_labels(key: LabelKey) -> str:
-    if not key:
-        return ""
-    return "{" + ",".join(f'{label}="{_escape_label_value(value)}"' for label, value in key) + "}"
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)

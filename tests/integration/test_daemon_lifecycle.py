@@ -111,11 +111,11 @@ def test_healthz_is_ok_and_metrics_count_a_storescu_run(tmp_path):
         assert metric(before, "dicomnode_instances_received_total") == 0
         storescu(LOOPBACK, node.port, "DICOMNODE", files, calling_ae="MODALITY1")
         _, after = http_get(health_port, "/metrics")
-        assert 'dicomnode_instances_received_total{calling_ae="MODALITY1"} 7' in after
+        assert 'dicomnode_instances_received_total{calling_ae="MODALITY1"} 7.0' in after
         assert metric(after, "dicomnode_bytes_received_total") >= sum(f.stat().st_size for f in files) * 0.9
         assert metric(after, "dicomnode_associations_total") >= 1
         assert metric(after, "dicomnode_up") == 1
-        assert 'dicomnode_studies{state="receiving"} 1' in after
+        assert 'dicomnode_studies{state="receiving"} 1.0' in after
 
 
 def test_healthz_turns_unhealthy_and_stores_are_refused_when_the_disk_guard_trips(tmp_path):
@@ -133,7 +133,7 @@ def test_healthz_turns_unhealthy_and_stores_are_refused_when_the_disk_guard_trip
         assert not list((node.var / "store").rglob("*.dcm"))
         assert not list((node.var / "tmp").iterdir())
         _, metrics = http_get(health_port, "/metrics")
-        assert 'dicomnode_store_failures_total{status="0xA700"} 1' in metrics
+        assert 'dicomnode_store_failures_total{status="0xA700"} 1.0' in metrics
         assert metric(metrics, "dicomnode_disk_guard_tripped") == 1
         assert "DISK GUARD TRIPPED" in node.log()
 

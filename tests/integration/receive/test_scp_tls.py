@@ -145,4 +145,4 @@ def test_a_tls_peer_whose_first_pdu_is_not_an_associate_request_is_refused(start
         assert closed_by_peer(sock, b"\x04\x00\xff\xff\xff\xff" + bytes(1000), 1)
     finally:
         sock.close()
-    assert 'dicomnode_rejects_total{reason="not_associate_rq"} 1\n' in node.metrics.render()
+    assert 'dicomnode_rejects_total{reason="not_associate_rq"} 1.0\n' in node.metrics.render()

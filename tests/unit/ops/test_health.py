@@ -156,10 +156,10 @@ def test_metrics_serves_the_registry_as_prometheus_text(serve: Any, metrics: Met
     assert resp.status == 200
     assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = resp.body.decode()
-    assert '\ndicomnode_instances_received_total{calling_ae="STORESCU"} 3\n' in text
-    assert "\ndicomnode_up 1\n" in text
+    assert '\ndicomnode_instances_received_total{calling_ae="STORESCU"} 3.0\n' in text
+    assert "\ndicomnode_up 1.0\n" in text
     metrics.inc("dicomnode_instances_received_total", calling_ae="STORESCU")
-    assert b'{calling_ae="STORESCU"} 4\n' in request(server.port, "/metrics").body
+    assert b'{calling_ae="STORESCU"} 4.0\n' in request(server.port, "/metrics").body
 
 
 def test_head_answers_headers_without_a_body(serve: Any) -> None:

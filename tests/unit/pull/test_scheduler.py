@@ -379,7 +379,7 @@ def test_finished_moves_and_request_states_reach_the_metrics(env: tuple[Schedule
                            "r.yaml")
     run_all(scheduler, store, rid)
     text = scheduler.metrics.render()
-    assert 'dicomnode_moves_total{outcome="success"} 2' in text
+    assert 'dicomnode_moves_total{outcome="success"} 2.0' in text
     assert scheduler.counts_by_state() == {"pulled": 1}
 
 
