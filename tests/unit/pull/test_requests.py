@@ -201,3 +201,15 @@ def test_the_same_study_asked_twice_in_one_request_is_queried_once() -> None:
     csv = "AccessionNumber\n" + "A1\n" * 2000 + "A2\nA1\n"
     request = parse("many.csv", csv.encode(), ["pacs"])
     assert [q.accession for q in request.studies] == ["A1", "A2"]
+
+
+def test_a_study_can_be_asked_for_by_its_uid_alone() -> None:
+    from node.pull.requests import parse
+
+    req = parse("r.yaml", b"studies:\n  - study_uid: 1.2.840.99.1\n", ["pacs"])
+    assert req.studies[0].dicom_query() == {"StudyInstanceUID": "1.2.840.99.1"}
+    with pytest.raises(RequestError) as caught:
+        parse("r.yaml", b"studies:\n  - study_uid: 1.2.840.99.1\n    modality: MR\n", ["pacs"])
+    assert "study_date and modality go with patient_id, not with study_uid" in str(caught.value)
+    with pytest.raises(RequestError):
+        parse("r.yaml", b"studies:\n  - study_uid: ../../x\n", ["pacs"])
