@@ -6,7 +6,6 @@ import re
 import threading
 
 import pytest
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.ops.metrics import METRICS, Metrics, MetricSpec, MetricType
