@@ -62,26 +62,27 @@ def tcp_listening_check(host: str, port: int, timeout: float = 1.0) -> CheckResu
 
 
 def sqlite_writable_check(db_path: str | Path, timeout: float = 2.0) -> CheckResult:
-    """Healthy when the existing database at db_path can take a write lock within timeout seconds.
+    """Healthy when the existing database at db_path can take a write lock within timeout seconds (the detail names
+    the file, not its folder: /healthz answers without a login).
 
     Opens in mode=rw so a missing database is reported instead of silently created, and rolls the empty
     transaction back so the check writes nothing.
     """
     path = Path(db_path)
     if not path.is_file():
-        return False, f"database {path} does not exist"
+        return False, f"database {path.name} does not exist"
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
     except sqlite3.Error as exc:
-        return False, f"cannot open database {path}: {exc}"
+        return False, f"cannot open database {path.name}: {exc}"
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
-        return False, f"database {path} is not writable: {exc}"
+        return False, f"database {path.name} is not writable: {exc}"
     finally:
         conn.close()
-    return True, f"database {path} writable"
+    return True, f"database {path.name} writable"
 
 
 def postgres_check(url: str, timeout: float = 2.0) -> CheckResult:

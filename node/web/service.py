@@ -6,6 +6,7 @@ HTTP layer only translates. C-FIND runs here on the request's worker thread, nev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -73,6 +74,14 @@ def _pacs_error(peer: str, exc: ScuError | OSError) -> ServiceError:
     return ServiceError(502, f"The PACS {peer} refused the search ({reason}).")
 
 
+def _search_settings(config: Config, peer: str) -> scu.ScuSettings:
+    """The peer's settings, every wait capped at web.find_peer_timeout_s: a person is waiting on the page."""
+    cap = config.web.find_peer_timeout_s
+    s = settings_for(config, config.peers[peer])
+    return dataclasses.replace(s, acse_timeout=min(s.acse_timeout, cap), dimse_timeout=min(s.dimse_timeout, cap),
+                               network_timeout=min(s.network_timeout, cap), connect_timeout=min(s.connect_timeout, cap))
+
+
 def search_studies(config: Config, params: dict[str, str], peer_name: str | None = None) -> dict[str, Any]:
     """STUDY-level C-FIND from search fields; at least one field, wildcards allowed in names only."""
     peer = _peer(config, peer_name)
@@ -100,7 +109,7 @@ def search_studies(config: Config, params: dict[str, str], peer_name: str | None
     if not query:
         raise ServiceError(422, "Fill in at least one field (patient ID, name, accession number, date or modality).")
     p = config.peers[peer]
-    address, settings = address_of(p), settings_for(config, p)
+    address, settings = address_of(p), _search_settings(config, peer)
     try:
         found = findsplit.find_all(lambda q: scu.find_studies(address, settings, q, STUDY_RETURN_KEYS), query,
                                    p.max_find_results, datetime.now(UTC).astimezone().date())
@@ -138,7 +147,7 @@ def search_series(config: Config, study_uid: str, peer_name: str | None = None) 
     check_uid(study_uid)
     p = config.peers[peer]
     try:
-        series = scu.find_series(address_of(p), settings_for(config, p), study_uid)
+        series = scu.find_series(address_of(p), _search_settings(config, peer), study_uid)
     except (ScuError, OSError) as exc:
         raise _pacs_error(peer, exc) from None
     rows = [{"series_uid": str(s.get("SeriesInstanceUID") or ""), "number": s.get("SeriesNumber"),
@@ -378,6 +387,7 @@ def node_status(config: Config, store: Store, checks: dict[str, tuple[bool, str]
 def progress_snapshot(store: Store, limit: int = 50) -> str:
     """The request list's live numbers as one JSON text (what the server push sends when it changes)."""
     return json.dumps([{"id": r["id"], "state": r["state"], "progress": r["progress"], "reason": r.get("reason"),
+                        "queries": [q["state"] for q in r["queries"]],
                         "studies": [{"study_uid": s["study_uid"], "state": s["state"], "progress": s["progress"],
                                      "instances": s.get("instances"), "accession": s.get("accession"),
                                      "patient_id": s.get("patient_id"), "study_date": s.get("study_date")}

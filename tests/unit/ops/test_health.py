@@ -239,14 +239,14 @@ def test_sqlite_check_passes_on_a_writable_database_and_writes_nothing(tmp_path:
     db = tmp_path / "node.db"
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
-    assert sqlite_writable_check(db) == (True, f"database {db} writable")
+    assert sqlite_writable_check(db) == (True, f"database {db.name} writable")
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
 
 
 def test_sqlite_check_reports_a_missing_database_without_creating_it(tmp_path: Path) -> None:
     db = tmp_path / "var" / "node.db"
-    assert sqlite_writable_check(db) == (False, f"database {db} does not exist")
+    assert sqlite_writable_check(db) == (False, f"database {db.name} does not exist")
     assert not db.exists()
 
 
