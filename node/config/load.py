@@ -217,6 +217,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
             worker_memory_mb=pr["worker_memory_mb"],
             executor=pr["executor"],
             dask_scheduler=pr["dask"]["scheduler"],
+            workbook_headers=pr["workbook_headers"],
         ),
         nifti=NiftiOptions(**effective["nifti"]),
         imports=ImportConfig(**effective["import"]),

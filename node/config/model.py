@@ -166,6 +166,7 @@ class ProcessingConfig:
     worker_memory_mb: int | None = None  # schema default null: no limit
     executor: str = _default("processing", "executor")
     dask_scheduler: str | None = None  # schema default null: a LocalCluster
+    workbook_headers: str = _default("processing", "workbook_headers")
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,13 @@ class Config:
     logging: LoggingConfig
     effective: dict[str, Any] = field(repr=False)
     web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def qc(self) -> Any:
+        """The `qc:` section as node.process.qc.QcConfig (built on use: the config package stays free of numpy)."""
+        from node.process.qc import QcConfig
+
+        return QcConfig.from_section(self.effective.get("qc", {}))
 
     @property
     def users_file(self) -> Path:

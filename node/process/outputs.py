@@ -21,3 +21,5 @@ class SeriesOutcome:
     skipped_reason: str | None = None
     error: str | None = None
     details: dict[str, object] = field(default_factory=dict)
+    previews: tuple[str, ...] = ()  # "previews/3_t1_tse_tra.png", one per NIfTI volume set written
+    qc_flags: tuple[str, ...] = ()  # "CODE: reason" from the pixel values (node/process/qc.py)

@@ -28,9 +28,10 @@ from node.background import Loop, start_observer, stop_observer
 from node.config import Config, NiftiOptions
 from node.dicom.validators import is_legacy_uid, is_storable_uid
 from node.ops.metrics import Metrics
-from node.process import completion
+from node.process import completion, qc_report
 from node.process.executors import DaskPool
 from node.process.outbox import TEMP_PREFIX, FolderTaken, disambiguate, folder_name, owner, publish, sweep
+from node.process.qc import QcConfig
 from node.store import state
 from node.store.state import StudyState
 from node.store.store import Store, file_sha256
@@ -55,6 +56,8 @@ class StudyJob:
     folder: str
     outputs: tuple[str, ...]
     nifti_options: NiftiOptions = field(default_factory=NiftiOptions)
+    qc: QcConfig | None = None
+    workbook_headers: str = "label"
     templates_dir: str | None = None
     mr_clean_config: str | None = None
     # The previous version's folder when the name changed (identifiers corrected): removed once this one is out.
@@ -176,11 +179,12 @@ def run_job(job: StudyJob) -> JobResult:
             try:
                 from node.process.nifti.convert import convert_study
 
-                outcomes = convert_study(series, staged / "nifti", job.nifti_options)
+                outcomes = convert_study(series, staged / "nifti", job.nifti_options, job.qc)
             except Exception as exc:
                 errors.append(f"nifti: {type(exc).__name__}: {exc}")
                 log.exception("NIfTI conversion failed for study %s", job.study_uid)
         workbook_sheets: dict[str, int] = {}
+        summary_rows: list[dict[str, Any]] | None = None
         if "excel" in job.outputs:
             try:
                 from node.process.workbook.metadata import build_workbook
@@ -192,8 +196,11 @@ def run_job(job: StudyJob) -> JobResult:
                     outcomes or None,
                     templates_dir=Path(job.templates_dir) if job.templates_dir else None,
                     mr_clean_config=Path(job.mr_clean_config) if job.mr_clean_config else None,
+                    qc=job.qc,
+                    headers=job.workbook_headers,
                 )
                 workbook_sheets = dict(wb.sheets)
+                summary_rows = [{str(k): v for k, v in r.items()} for r in wb.series.to_dict(orient="records")]
                 warnings.extend(f"workbook: {w}" for w in wb.warnings)
             except Exception as exc:
                 errors.append(f"excel: {type(exc).__name__}: {exc}")
@@ -208,6 +215,7 @@ def run_job(job: StudyJob) -> JobResult:
                 entry.update(
                     volumes=outcome.volumes,
                     files=list(outcome.files),
+                    previews=list(outcome.previews),
                     warnings=list(outcome.warnings),
                     skipped_reason=outcome.skipped_reason,
                     error=outcome.error,
@@ -222,6 +230,10 @@ def run_job(job: StudyJob) -> JobResult:
         if legacy:
             warnings.append(f"LEGACY_UIDS: {len(legacy)} UID(s) with leading zeros in a component (pre-standard "
                             "equipment); kept as received")
+        quality = None
+        if job.qc is not None and job.qc.enabled:
+            quality = qc_report.series_qc(list(series), outcomes, summary_rows)
+            qc_report.write_html(staged / "qc_report.html", job.study_uid, quality)
         outputs = [
             {"path": str(p.relative_to(staged)), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(staged.rglob("*"))
@@ -238,6 +250,7 @@ def run_job(job: StudyJob) -> JobResult:
             "legacy_uids": legacy,
             "outputs": outputs,
             "workbook_sheets": workbook_sheets,
+            "qc": quality,
             "errors": errors,
             "warnings": warnings,
             "software": _versions(),
@@ -458,6 +471,8 @@ class Processor:
             folder=folder,
             outputs=self._outputs_for(study_uid),
             nifti_options=self.config.nifti,
+            qc=self.config.qc,
+            workbook_headers=self.config.processing.workbook_headers,
             templates_dir=str(p.templates_dir) if p.templates_dir else None,
             mr_clean_config=str(p.mr_clean_config) if p.mr_clean_config else None,
             replaces_folder=replaces,

@@ -6,11 +6,12 @@ as one sequence next to the writer it drives.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node.config.model import NiftiOptions
+from node.process import previews as previews_mod
+from node.process import qc as qc_mod
 from node.process.naming import slug, unique_name
 from node.process.nifti import sidecar
 from node.process.nifti.volumes import (
@@ -70,24 +73,26 @@ class _Result:
     errors: list[str]
     details: dict[str, Any]
     volumes: int = 0
+    previews: list[str] = field(default_factory=list)
+    qc: list[str] = field(default_factory=list)
 
 
 def convert_study(series_files: Mapping[str, Sequence[Path]], out_dir: Path,
-                  options: NiftiOptions | None = None) -> dict[str, SeriesOutcome]:
-    """Convert every series of a study into out_dir; names are unique across the study."""
+                  options: NiftiOptions | None = None, qc: qc_mod.QcConfig | None = None) -> dict[str, SeriesOutcome]:
+    """Convert every series of a study into out_dir; names are unique across the study. With qc, each volume
+    also gets its PNG preview in out_dir's sibling previews/ and its pixel quality flags, from the same array."""
     taken: set[str] = set()
     results: dict[str, SeriesOutcome] = {}
     for series_uid, files in series_files.items():
-        outcome = convert_series(files, out_dir, options, taken)
+        outcome = convert_series(files, out_dir, options, taken, qc)
         if outcome.series_uid != series_uid:
-            outcome = SeriesOutcome(series_uid, outcome.volumes, outcome.files, outcome.warnings,
-                                    outcome.skipped_reason, outcome.error, outcome.details)
+            outcome = dataclasses.replace(outcome, series_uid=series_uid)
         results[series_uid] = outcome
     return results
 
 
 def convert_series(files: Sequence[Path], out_dir: Path, options: NiftiOptions | None = None,
-                   taken_names: set[str] | None = None) -> SeriesOutcome:
+                   taken_names: set[str] | None = None, qc: qc_mod.QcConfig | None = None) -> SeriesOutcome:
     """Convert one series into NIfTI files in out_dir; bad input becomes error/skipped_reason, never an exception.
 
     Returned file paths are relative to out_dir's parent (e.g. "nifti/3_t1_tse_tra.nii.gz").
@@ -114,7 +119,7 @@ def convert_series(files: Sequence[Path], out_dir: Path, options: NiftiOptions |
         return SeriesOutcome(series_uid, warnings=tuple(res.warnings), skipped_reason=None if unreadable else reason,
                              error=reason if unreadable else None)
     try:
-        _convert(slices, out_dir, options, taken, res)
+        _convert(slices, out_dir, options, taken, res, qc)
     except DATA_ERRORS as exc:
         log.warning("nifti: series %s failed: %s", series_uid, exc, exc_info=True)
         res.errors.append(f"CONVERSION_FAILED: {type(exc).__name__}: {exc}")
@@ -128,7 +133,8 @@ def convert_series(files: Sequence[Path], out_dir: Path, options: NiftiOptions |
     log.info("nifti: series %s -> %d NIfTI file(s), %d warning(s)%s", series_uid, res.volumes, len(res.warnings),
              f", skipped ({skipped})" if skipped else "")
     return SeriesOutcome(series_uid, volumes=res.volumes, files=tuple(res.files), warnings=tuple(res.warnings),
-                         skipped_reason=skipped, error=error, details=res.details)
+                         skipped_reason=skipped, error=error, details=res.details, previews=tuple(res.previews),
+                         qc_flags=tuple(dict.fromkeys(res.qc)))
 
 
 def _existing(out_dir: Path) -> list[Path]:
@@ -139,7 +145,8 @@ def _stem(filename: str) -> str:
     return next((filename.removesuffix(ext) for ext in _OUTPUT_EXTS if filename.endswith(ext)), filename)
 
 
-def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, taken: set[str], res: _Result) -> None:
+def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, taken: set[str], res: _Result,
+             qc: qc_mod.QcConfig | None = None) -> None:
     first = min(slices, key=lambda s: s.instance_number)
     description = f"{first.header.get('SeriesDescription', '')} {first.header.get('ProtocolName', '')}"
     if any(s.samples != 1 for s in slices):
@@ -176,12 +183,13 @@ def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, take
             continue
         name = unique_name(slug(base + group.suffix, options.max_name_len), taken)
         try:
-            written = _write_stack(stack, out_dir, name, options, res, notes)
+            written = _write_stack(stack, out_dir, name, options, res, notes, qc)
         except DATA_ERRORS as exc:
             log.warning("nifti: writing %s failed: %s", name, exc, exc_info=True)
             res.errors.append(f"WRITE_FAILED: {name}: {type(exc).__name__}: {exc}")
             for ext in _OUTPUT_EXTS:  # no half-written file set is left behind
                 (out_dir / f"{name}{ext}").unlink(missing_ok=True)
+            (out_dir.parent / "previews" / f"{name}.png").unlink(missing_ok=True)
             continue
         finally:
             res.warnings.extend(n + label for n in notes)
@@ -330,7 +338,7 @@ def _integer_scaled(raw: np.ndarray, slope: int, inter: int) -> np.ndarray:
 
 
 def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, res: _Result,
-                 notes: list[str]) -> str:
+                 notes: list[str], qc: qc_mod.QcConfig | None = None) -> str:
     import SimpleITK as sitk
 
     data = _scaled(stack, notes)
@@ -390,8 +398,21 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
         np.savez_compressed(stem.with_name(name + ".npz"), data=data.astype(np.float32, copy=False), affine=affine,
                             spacing=spacing)
         rel.append(f"{out_dir.name}/{name}.npz")
+    if qc is not None:
+        _look(data, direction, spacing, first, out_dir.parent / "previews" / f"{name}.png", qc, res)
     res.files.extend(rel)
     return rel[0]
+
+
+def _look(data: np.ndarray, direction: np.ndarray, spacing: np.ndarray, first: SliceInfo, png: Path,
+          qc: qc_mod.QcConfig, res: _Result) -> None:
+    """Preview and pixel QC from the array just written: the pixel data is never read a second time."""
+    modality = str(first.header.get("Modality", "") or "")
+    if qc.enabled:
+        res.qc.extend(qc_mod.pixel_flags(data, modality, first.photometric, qc.for_modality(modality)))
+    if qc.previews:
+        previews_mod.write(png, data, direction, spacing, first.photometric, first.header)
+        res.previews.append(f"{png.parent.name}/{png.name}")
 
 
 def _is_orthogonal(direction: np.ndarray) -> bool:

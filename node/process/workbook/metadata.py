@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from node.process.outputs import SeriesOutcome
+from node.process.qc import QcConfig
 from node.process.workbook.scan import (
     IDENTIFYING,
     MR_CLEAN_KEYWORDS,
@@ -128,10 +130,13 @@ def build_workbook(
     mr_clean_config: Path | dict[str, Any] | None = None,
     workers: int | None = None,
     max_rows: int | None = None,
+    qc: QcConfig | None = None,
+    headers: str = "label",
 ) -> WorkbookResult:
     """Scan the study's headers and write metadata.xlsx (DICOM_Metadata, Series_Summary, MR_Cleaned if MR).
 
     Unreadable or non-DICOM files become warnings. max_rows (default: Excel's limit) is where a sheet spills.
+    headers "keyword" heads every column with its DICOM keyword (or row key) instead of its label.
     """
     started = time.perf_counter()
     templates = load_templates(templates_dir)
@@ -146,7 +151,7 @@ def build_workbook(
         warnings.append(
             f"CHARSET_FALLBACK: {fallback_rows} instance(s) had text decoded by the fallback rule (see Row Flags)"
         )
-    series = summarise_series(instances, series_outcomes)
+    series = summarise_series(instances, series_outcomes, qc)
     mr_cleaned, mr_warnings = _run_mr_clean(instances, mr_clean_config)
     warnings.extend(mr_warnings)
     summarised = time.perf_counter()
@@ -160,6 +165,9 @@ def build_workbook(
     ]
     if mr_cleaned is not None:
         tables.append(_frame_table(SHEET_MR, mr_cleaned))
+    if headers == "keyword":
+        tables = [dataclasses.replace(t, columns=tuple(dataclasses.replace(c, name=c.key) for c in t.columns))
+                  for t in tables]
     kwargs = {"max_rows": max_rows} if max_rows is not None else {}
     sheets, write_warnings = write_workbook(out_path, tables, **kwargs)
     warnings.extend(write_warnings)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from node.dicom import facts
 from node.process.outputs import SeriesOutcome
+from node.process.qc import QcConfig, geometry_flags
 from node.process.workbook.scan import ROW_FLAGS
 from node.process.workbook.writer import Column
 
@@ -36,6 +37,13 @@ SERIES_COLUMNS: tuple[Column, ...] = (
     Column("NIfTI Status", "NiftiStatus"),
     Column("Warnings", "Warnings"),
     Column("Reasons", "Reasons"),
+    Column("Patient ID", "PatientID", "LO"),
+    Column("Accession Number", "AccessionNumber", "SH"),
+    Column("Study Date", "StudyDate", "DA"),
+    Column("File Count", "FileCount"),
+    Column("Previews", "Previews"),
+    Column("Low Quality", "Low_quality"),
+    Column("Low Quality Reason", "Low_quality_reason"),
 )
 
 def _as_list(value: Any) -> list[Any]:
@@ -83,7 +91,8 @@ def _uniform(values: list[Any]) -> Any:
     return distinct[0] if len(distinct) == 1 else "mixed"
 
 
-def _summarise_series(series_uid: str, group: pd.DataFrame, outcome: SeriesOutcome | None) -> dict[str, Any]:
+def _summarise_series(series_uid: str, group: pd.DataFrame, outcome: SeriesOutcome | None,
+                      qc: QcConfig | None = None) -> dict[str, Any]:
     first = group.iloc[0]
     image_types = [[str(v).upper() for v in _as_list(t)] for t in group["ImageType"]] if "ImageType" in group else []
     warnings: list[str] = []
@@ -122,6 +131,11 @@ def _summarise_series(series_uid: str, group: pd.DataFrame, outcome: SeriesOutco
         else:
             status = "written" if outcome.volumes or outcome.files else "nothing written"
     pixel_spacing = _uniform([_as_list(v) for v in group.get("PixelSpacing", [])])
+    low_quality: list[str] | None = None
+    if qc is not None and qc.enabled:
+        along = _along(iops, [_as_list(v) for v in group.get("ImagePositionPatient", [])])
+        low_quality = geometry_flags(len(group), along, qc.for_modality(first.get("Modality")), bool(localizer_why))
+        low_quality += list(outcome.qc_flags) if outcome is not None else []
     return {
         "SeriesNumber": first.get("SeriesNumber"),
         "SeriesInstanceUID": series_uid,
@@ -144,7 +158,24 @@ def _summarise_series(series_uid: str, group: pd.DataFrame, outcome: SeriesOutco
         "NiftiStatus": status or None,
         "Warnings": "; ".join(warnings) or None,
         "Reasons": "; ".join(reasons) or None,
+        "PatientID": first.get("PatientID"),
+        "AccessionNumber": first.get("AccessionNumber"),
+        "StudyDate": first.get("StudyDate"),
+        "FileCount": int(group["File"].nunique()) if "File" in group else len(group),
+        "Previews": "; ".join(outcome.previews) if outcome is not None and outcome.previews else None,
+        "Low_quality": None if low_quality is None else ("yes" if low_quality else "no"),
+        "Low_quality_reason": "; ".join(low_quality) if low_quality else None,
     }
+
+
+def _along(iops: list[list[Any]], ipps: list[list[Any]]) -> list[float] | None:
+    """Every instance's position along the series' one slice normal (None: no single orientation)."""
+    normals = _distinct([n for n in (_normal(v) for v in iops) if n is not None])
+    if len(normals) != 1:
+        return None
+    n = normals[0]
+    return [sum(float(p[i]) * n[i] for i in range(3)) for p in ipps
+            if len(p) == 3 and all(isinstance(v, int | float) for v in p)]
 
 
 def _positions_and_spacing(iops: list[list[Any]], ipps: list[list[Any]]) -> tuple[int | None, float | None]:
@@ -162,14 +193,16 @@ def _positions_and_spacing(iops: list[list[Any]], ipps: list[list[Any]]) -> tupl
     return len(along), spacing
 
 
-def summarise_series(instances: pd.DataFrame, outcomes: Mapping[str, SeriesOutcome] | None = None) -> pd.DataFrame:
-    """One row per series (in instance-table order), joined with the NIfTI step's outcomes."""
+def summarise_series(instances: pd.DataFrame, outcomes: Mapping[str, SeriesOutcome] | None = None,
+                     qc: QcConfig | None = None) -> pd.DataFrame:
+    """One row per series (in instance-table order), joined with the NIfTI step's outcomes; with qc, the
+    Low_quality flags (positions and counts here, pixel flags from the NIfTI step)."""
     rows = []
     if not instances.empty:
         keys = instances["SeriesInstanceUID"].fillna("(missing)").astype(str)
         for series_uid in dict.fromkeys(keys):
             group = instances[keys == series_uid]
-            rows.append(_summarise_series(series_uid, group, (outcomes or {}).get(series_uid)))
+            rows.append(_summarise_series(series_uid, group, (outcomes or {}).get(series_uid), qc))
     seen = {r["SeriesInstanceUID"] for r in rows}
     for series_uid, outcome in (outcomes or {}).items():
         if series_uid not in seen:
