@@ -18,8 +18,8 @@ def series_qc(series_uids: Sequence[str], outcomes: Mapping[str, SeriesOutcome],
     for uid in series_uids:
         outcome = outcomes.get(uid)
         row = rows.get(uid, {})
-        if row.get("Low_quality") is not None:
-            flags = [f for f in str(row.get("Low_quality_reason") or "").split("; ") if f]
+        if _plain(row.get("Low_quality")) is not None:
+            flags = [f for f in str(_plain(row.get("Low_quality_reason")) or "").split("; ") if f]
         else:
             flags = list(outcome.qc_flags) if outcome is not None else []
         out.append({
