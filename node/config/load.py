@@ -218,6 +218,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
             executor=pr["executor"],
             dask_scheduler=pr["dask"]["scheduler"],
             workbook_headers=pr["workbook_headers"],
+            metadata_rows=pr["metadata_rows"],
         ),
         nifti=NiftiOptions(**effective["nifti"]),
         imports=ImportConfig(**effective["import"]),

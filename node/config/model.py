@@ -167,6 +167,7 @@ class ProcessingConfig:
     executor: str = _default("processing", "executor")
     dask_scheduler: str | None = None  # schema default null: a LocalCluster
     workbook_headers: str = _default("processing", "workbook_headers")
+    metadata_rows: str = _default("processing", "metadata_rows")
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,9 @@ class NiftiOptions:
     position_tolerance_mm: float = _default("nifti", "position_tolerance_mm")
     spacing_tolerance: float = _default("nifti", "spacing_tolerance")
     max_series_mb: int = _default("nifti", "max_series_mb")
+    invert_monochrome1: bool = _default("nifti", "invert_monochrome1")
+    # Not a config key: false when a request asked for npz and not nifti (the arrays without the .nii files).
+    write_nifti: bool = True
 
     def __post_init__(self) -> None:
         choices = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import functools
 import json
 import logging
@@ -38,7 +39,7 @@ from node.store.store import Store, file_sha256
 
 log = logging.getLogger(__name__)
 
-ALL_OUTPUTS = ("excel", "nifti")
+ALL_OUTPUTS = ("excel", "nifti", "npz")
 # outbox/requests/ holds the request status files; no study folder may take that name.
 RESERVED_FOLDERS = frozenset({"requests"})
 
@@ -58,6 +59,7 @@ class StudyJob:
     nifti_options: NiftiOptions = field(default_factory=NiftiOptions)
     qc: QcConfig | None = None
     workbook_headers: str = "label"
+    metadata_rows: str = "instance"
     templates_dir: str | None = None
     mr_clean_config: str | None = None
     # The previous version's folder when the name changed (identifiers corrected): removed once this one is out.
@@ -175,11 +177,13 @@ def run_job(job: StudyJob) -> JobResult:
         if not series:
             raise RuntimeError(f"no instances on disk under {study_dir.name}")
         outcomes: dict[str, Any] = {}
-        if "nifti" in job.outputs:
+        if "nifti" in job.outputs or "npz" in job.outputs:
             try:
                 from node.process.nifti.convert import convert_study
 
-                outcomes = convert_study(series, staged / "nifti", job.nifti_options, job.qc)
+                options = dataclasses.replace(job.nifti_options, npz=job.nifti_options.npz or "npz" in job.outputs,
+                                              write_nifti="nifti" in job.outputs)
+                outcomes = convert_study(series, staged / "nifti", options, job.qc)
             except Exception as exc:
                 errors.append(f"nifti: {type(exc).__name__}: {exc}")
                 log.exception("NIfTI conversion failed for study %s", job.study_uid)
@@ -198,6 +202,7 @@ def run_job(job: StudyJob) -> JobResult:
                     mr_clean_config=Path(job.mr_clean_config) if job.mr_clean_config else None,
                     qc=job.qc,
                     headers=job.workbook_headers,
+                    metadata_rows=job.metadata_rows,
                 )
                 workbook_sheets = dict(wb.sheets)
                 summary_rows = [{str(k): v for k, v in r.items()} for r in wb.series.to_dict(orient="records")]
@@ -473,6 +478,7 @@ class Processor:
             nifti_options=self.config.nifti,
             qc=self.config.qc,
             workbook_headers=self.config.processing.workbook_headers,
+            metadata_rows=self.config.processing.metadata_rows,
             templates_dir=str(p.templates_dir) if p.templates_dir else None,
             mr_clean_config=str(p.mr_clean_config) if p.mr_clean_config else None,
             replaces_folder=replaces,
@@ -504,6 +510,8 @@ class Processor:
                 wanted.update(str(o) for o in json.loads(raw))
             except ValueError:
                 continue
+        if "excel_merged" in wanted:
+            wanted.add("excel")  # the request's merged workbook is built from each study's
         chosen = [o for o in ALL_OUTPUTS if o in wanted] or list(self.config.processing.outputs)
         return tuple(chosen)
 

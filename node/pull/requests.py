@@ -17,7 +17,9 @@ import yaml
 from node.dicom import facts
 from node.pull import patterns
 
-OUTPUTS = ("excel", "nifti")
+OUTPUTS = ("excel", "nifti")  # what a request gets when it names none
+# npz: NumPy arrays instead of (or with) NIfTI; excel_merged: one workbook of all the request's studies, when done.
+ALL_OUTPUTS = ("excel", "nifti", "npz", "excel_merged")
 _DATE_RANGE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
 _ID_TEXT = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[^\\\x00-\x1f*?]*$"}
 
@@ -56,7 +58,7 @@ SCHEMA: dict[str, Any] = {
                 "exclude": {"type": "array", "items": {"type": "string"}},
             },
         },
-        "outputs": {"type": "array", "items": {"enum": list(OUTPUTS)}, "minItems": 1, "uniqueItems": True},
+        "outputs": {"type": "array", "items": {"enum": list(ALL_OUTPUTS)}, "minItems": 1, "uniqueItems": True},
         "not_before": {"type": ["string", "object"]},
         "priority": {"type": "integer", "minimum": -100, "maximum": 100},
     },

@@ -356,8 +356,17 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
         data, direction, spacing, origin = _resample_tilt(data, direction, spacing, origin, stack, sitk)
         notes.append("TILT_RESAMPLED: sheared slices resampled onto an orthogonal grid")
         extra["GantryTiltResampled"] = True
+    shown_as = first.photometric  # how the written values display (after an inversion: as MONOCHROME2)
     if first.photometric == "MONOCHROME1":
-        notes.append("MONOCHROME1: stored values kept (higher = darker on display)")
+        if options.invert_monochrome1:
+            shown_as = "MONOCHROME2"
+            # Range-preserving inversion: the lowest stored value becomes the highest, so higher = brighter.
+            lo, hi = data.min(), data.max()
+            data = (hi + lo) - data
+            extra["MonochromeInverted"] = True
+            notes.append("MONOCHROME1: values inverted (nifti.invert_monochrome1): higher = brighter, as displayed")
+        else:
+            notes.append("MONOCHROME1: stored values kept, as dcm2niix does (higher = darker on display)")
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if options.compress else ".nii"
     path = out_dir / f"{name}{ext}"
@@ -373,11 +382,13 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
         img = sitk.JoinSeries(vols, 0.0, tr if tr > 0 else 1.0)
     else:
         img = _image(sitk, data, itk_dir, itk_spacing, origin)
-    if sheared:
-        _write_sheared(sitk, img, path, direction * spacing, origin, options)
-    else:
-        sitk.WriteImage(img, str(path), useCompression=options.compress, compressionLevel=options.compression_level)
-    rel = [f"{out_dir.name}/{path.name}"]
+    rel = []
+    if options.write_nifti:
+        if sheared:
+            _write_sheared(sitk, img, path, direction * spacing, origin, options)
+        else:
+            sitk.WriteImage(img, str(path), useCompression=options.compress, compressionLevel=options.compression_level)
+        rel.append(f"{out_dir.name}/{path.name}")
     stem = out_dir / name
     affine = np.eye(4)
     affine[:3, :3] = _LPS_TO_RAS @ (direction * spacing)
@@ -399,19 +410,19 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
                             spacing=spacing)
         rel.append(f"{out_dir.name}/{name}.npz")
     if qc is not None:
-        _look(data, direction, spacing, first, out_dir.parent / "previews" / f"{name}.png", qc, res)
+        _look(data, direction, spacing, first, shown_as, out_dir.parent / "previews" / f"{name}.png", qc, res)
     res.files.extend(rel)
     return rel[0]
 
 
-def _look(data: np.ndarray, direction: np.ndarray, spacing: np.ndarray, first: SliceInfo, png: Path,
-          qc: qc_mod.QcConfig, res: _Result) -> None:
+def _look(data: np.ndarray, direction: np.ndarray, spacing: np.ndarray, first: SliceInfo, photometric: str,
+          png: Path, qc: qc_mod.QcConfig, res: _Result) -> None:
     """Preview and pixel QC from the array just written: the pixel data is never read a second time."""
     modality = str(first.header.get("Modality", "") or "")
     if qc.enabled:
-        res.qc.extend(qc_mod.pixel_flags(data, modality, first.photometric, qc.for_modality(modality)))
+        res.qc.extend(qc_mod.pixel_flags(data, modality, photometric, qc.for_modality(modality)))
     if qc.previews:
-        previews_mod.write(png, data, direction, spacing, first.photometric, first.header)
+        previews_mod.write(png, data, direction, spacing, photometric, first.header)
         res.previews.append(f"{png.parent.name}/{png.name}")
 
 

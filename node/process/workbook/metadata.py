@@ -98,6 +98,31 @@ def _run_mr_clean(instances: pd.DataFrame, config: Path | dict[str, Any] | None)
     return pd.DataFrame(result), []
 
 
+def _one_per_series(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CT and MR rows reduced to the first instance (lowest InstanceNumber) of each series, in first-seen order."""
+    first: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any] | str] = []
+    for row in rows:
+        if str(row.get("Modality") or "").upper() not in ("CT", "MR"):
+            out.append(row)
+            continue
+        uid = str(row.get("SeriesInstanceUID") or "")
+        best = first.get(uid)
+        if best is None:
+            first[uid] = row
+            out.append(uid)
+        elif _instance_number(row) < _instance_number(best):
+            first[uid] = row
+    return [first[r] if isinstance(r, str) else r for r in out]
+
+
+def _instance_number(row: dict[str, Any]) -> float:
+    try:
+        return float(row.get("InstanceNumber"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("inf")
+
+
 def _frame_table(name: str, frame: pd.DataFrame) -> Table:
     columns = [Column(str(c), str(c)) for c in frame.columns]
     records = [
@@ -132,11 +157,14 @@ def build_workbook(
     max_rows: int | None = None,
     qc: QcConfig | None = None,
     headers: str = "label",
+    metadata_rows: str = "instance",
 ) -> WorkbookResult:
     """Scan the study's headers and write metadata.xlsx (DICOM_Metadata, Series_Summary, MR_Cleaned if MR).
 
     Unreadable or non-DICOM files become warnings. max_rows (default: Excel's limit) is where a sheet spills.
     headers "keyword" heads every column with its DICOM keyword (or row key) instead of its label.
+    metadata_rows "series" keeps one DICOM_Metadata row per CT or MR series (its first instance), as the
+    project this node replaces did; other modalities keep a row per instance.
     """
     started = time.perf_counter()
     templates = load_templates(templates_dir)
@@ -157,7 +185,8 @@ def build_workbook(
     summarised = time.perf_counter()
 
     tables = [
-        Table(SHEET_INSTANCES, instance_columns(instances, templates), [_display_row(r) for r in rows]),
+        Table(SHEET_INSTANCES, instance_columns(instances, templates),
+              [_display_row(r) for r in (_one_per_series(rows) if metadata_rows == "series" else rows)]),
         Table(SHEET_SERIES, SERIES_COLUMNS, [
             {str(k): (None if not isinstance(v, list) and _is_missing(v) else v) for k, v in rec.items()}
             for rec in series.to_dict(orient="records")

@@ -96,3 +96,22 @@ def test_with_qc_off_there_are_no_previews_flags_or_report(tmp_path: Path) -> No
                  qc=QcConfig.from_section({"enabled": False, "previews": False}))
     assert not (folder / "previews").exists() and not (folder / "qc_report.html").exists()
     assert json.loads((folder / "manifest.json").read_text())["qc"] is None
+
+
+def test_one_metadata_row_per_ct_or_mr_series_when_asked(tmp_path: Path) -> None:
+    study = StudySpec(series=[SeriesSpec(modality="CT", n_slices=7, rows=16, cols=16, series_number=1),
+                              SeriesSpec(modality="MR", n_slices=5, rows=16, cols=16, series_number=2)])
+    store = stored_study(tmp_path, study)
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    job = StudyJob(study.study_uid, 1, False, "test", str(store), str(outbox), "STUDY", ("excel",),
+                   metadata_rows="series")
+    assert run_job(job).ok
+    ws = load_workbook(outbox / "STUDY" / "metadata.xlsx", read_only=True)
+    rows = list(ws["DICOM_Metadata"].iter_rows(values_only=True))
+    header = rows[0]
+    assert len(rows) == 3  # header + one row per series
+    numbers = sorted(r[header.index("Instance Number")] for r in rows[1:])
+    assert numbers == [1, 1]  # each series' first instance
+    summary = list(ws["Series_Summary"].iter_rows(values_only=True))
+    assert sorted(r[summary[0].index("Instances")] for r in summary[1:]) == [5, 7]  # the summary still counts all
