@@ -496,8 +496,37 @@ class Inbox:
         self._last_status.pop(rid, None)
         doc = status_document(self.store, rid)
         if doc is not None:
+            merged = self._merged_workbook(rid, str(doc["request"]), doc["outputs"])
+            if merged is not None:
+                doc["merged_workbook"] = f"outbox/requests/{merged.name}"
             _write_atomic(self.status_path(str(doc["request"])),
                           f"{FINAL_MARK} {doc['request']}, final\n" + dump_status(doc))
+
+    def merged_workbook_path(self, name: str) -> Path:
+        return self.status_dir / f"{name}.xlsx"
+
+    def _merged_workbook(self, rid: int, name: str, outputs: list[str]) -> Path | None:
+        """The request's merged workbook (`excel_merged`), built once from its studies' workbooks."""
+        if "excel_merged" not in outputs:
+            return None
+        target = self.merged_workbook_path(name)
+        if target.exists():
+            return target
+        from node.process.workbook.merged import merge_workbooks
+
+        rows = self.store.query(
+            "SELECT DISTINCT st.outbox_path FROM request_studies rs JOIN studies st ON st.study_uid=rs.study_uid"
+            " WHERE rs.request_id=? AND st.state='done' AND st.outbox_path IS NOT NULL ORDER BY st.outbox_path", (rid,))
+        sources = [(str(f), self.config.paths.outbox / str(f) / "metadata.xlsx") for (f,) in rows]
+        sources = [(f, p) for f, p in sources if p.is_file()]
+        if not sources:
+            return None
+        try:
+            merge_workbooks(sources, target)
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("Request %s: the merged workbook could not be written: %s", name, exc)
+            return None
+        return target
 
     def _find_by_content(self, sha: str, file_name: str, folders: tuple[str, ...]) -> Path | None:
         """The request file with this content in one of the folders (its name there may have a -N suffix)."""

@@ -101,6 +101,18 @@ def router(ctx: WebContext) -> APIRouter:
         return JSONResponse(service.request_detail(ctx.store, new), status_code=201,
                             headers={"Location": f"/api/requests/{new}"})
 
+    @api.get("/requests/{rid}/workbook", summary="The request's merged workbook (outputs: excel_merged)",
+             response_class=FileResponse)
+    def request_workbook(request: Request, rid: int) -> Response:
+        principal = require(ctx, request, Role.VIEWER)
+        doc = service.request_detail(ctx.store, rid)
+        path = ctx.actions.inbox.merged_workbook_path(str(doc["request"]))
+        if not path.is_file():
+            raise ServiceError(404, f"request {doc['request']} has no merged workbook (yet)")
+        ctx.audit.record(principal, "request.download_workbook", f"request:{rid}", client_of(request))
+        return FileResponse(path, filename=path.name,
+                            media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
     @api.get("/studies", summary="Studies in the node's store, newest first")
     def list_studies(request: Request, limit: int = 500) -> list[dict[str, Any]]:
         require(ctx, request, Role.VIEWER)
@@ -138,6 +150,12 @@ def router(ctx: WebContext) -> APIRouter:
         ctx.audit.record(principal, "study.download_workbook", f"study:{study_uid}", client_of(request))
         return FileResponse(path, filename=f"{folder.name if folder else 'study'}.xlsx",
                             media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+    @api.get("/studies/{study_uid}/previews/{name}", summary="A preview PNG of the study", response_class=FileResponse)
+    def preview(request: Request, study_uid: str, name: str) -> Response:
+        require(ctx, request, Role.VIEWER)
+        return FileResponse(service.preview_path(ctx.store, ctx.config().paths.outbox, study_uid, name),
+                            media_type="image/png")
 
     @api.post("/uploads", status_code=202, openapi_extra=_ZIP_BODY,
               summary="Upload a zip of DICOM files, imported like a drop into inbox/import/")

@@ -31,6 +31,18 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _QUERY_TEXT = re.compile(r"^[^\\\x00-\x1f]{0,64}$")
 _DATE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
 _MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
+_PREVIEW = re.compile(r"^previews/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.png$")
+
+
+def preview_path(store: Store, outbox: Path, study_uid: str, name: str) -> Path:
+    """A preview PNG of the study's published folder; 404 for any name that is not one of its previews."""
+    folder = study_folder(store, outbox, study_uid)
+    if folder is None or not _PREVIEW.match(f"previews/{name}"):
+        raise ServiceError(404, "no such preview")
+    path = folder / "previews" / name
+    if path.is_symlink() or not path.is_file():
+        raise ServiceError(404, "no such preview")
+    return path
 SEARCH_FIELDS = ("patient_id", "patient_name", "accession", "study_date", "modality")
 _DICOM_KEY = {"patient_id": "PatientID", "patient_name": "PatientName", "accession": "AccessionNumber",
               "study_date": "StudyDate", "modality": "ModalitiesInStudy"}
@@ -307,10 +319,18 @@ def study_detail(store: Store, outbox: Path, study_uid: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return doc
     by_uid = {s["series_uid"]: s for s in manifest.get("inputs", {}).get("series", [])}
+    quality = {q["series_uid"]: q for q in manifest.get("qc") or []}
     for s in doc["series"]:
         m = by_uid.get(s["series_uid"], {})
         s.update({k: m.get(k) for k in ("volumes", "files", "skipped_reason", "error") if k in m})
         s["warnings"] = m.get("warnings", [])
+        q = quality.get(s["series_uid"], {})
+        s["previews"] = [p.removeprefix("previews/") for p in m.get("previews", []) if _PREVIEW.match(p)]
+        s["low_quality"] = q.get("low_quality")
+        s["qc_flags"] = q.get("flags", [])
+        for key in ("series_number", "description", "modality"):
+            s[key] = q.get(key)
+    doc["series"].sort(key=lambda s: (s.get("series_number") is None, s.get("series_number") or 0, s["series_uid"]))
     doc["warnings"] = list(manifest.get("warnings", []))
     doc["files"] = [{"path": f["path"], "bytes": f["bytes"]} for f in manifest.get("outputs", [])]
     doc["mr_cleaned"] = _mr_cleaned(folder / "metadata.xlsx")

@@ -151,8 +151,10 @@ def test_a_coordinator_logs_in_searches_asks_watches_progress_and_downloads_the_
             b.save_screenshot(str(shots / "05-requests.png"))
             b.get(f"{base}/studies/{spec.study_uid}")
             series_rows = b.find_elements(By.CSS_SELECTOR, "#series tr")
-            assert len(series_rows) == 4  # header + 3 series
+            assert len(series_rows) == 1 + 3 + 3  # header, 3 series, and a row of previews under each
             assert b.find_elements(By.CSS_SELECTOR, "#mr-cleaned tr"), "MR classes are shown"
+            shown = b.find_elements(By.CSS_SELECTOR, "img.preview")
+            assert len(shown) == 3 and all(b.execute_script("return arguments[0].naturalWidth", i) > 0 for i in shown)
             b.save_screenshot(str(shots / "06-study.png"))
             b.find_element(By.ID, "download-zip").click()
             downloads = tmp_path / "downloads"

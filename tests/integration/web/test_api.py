@@ -382,3 +382,30 @@ def _session_cookie(env: Env) -> str:
     with env.client("op") as c:
         env.csrf = c.headers["X-CSRF-Token"]
         return "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+
+
+def test_a_merged_workbook_stacks_every_study_of_the_request(env: Env) -> None:
+    from openpyxl import load_workbook
+
+    with env.client("op") as c:
+        r = c.post("/api/requests", json={"studies": [{"accession": "WEBACC1"}, {"accession": "WEBACC2"}],
+                                          "outputs": ["excel_merged"]})
+        assert r.status_code == 201, r.text
+        doc = wait_request(c, r.json()["id"])
+        assert doc["state"] == "done", doc
+        # Built when the request is filed as done, a moment after its state says so.
+        def merged() -> httpx.Response | None:
+            w = c.get(f"/api/requests/{doc['id']}/workbook")
+            return w if w.status_code == 200 else None
+
+        wb = wait_for(merged, timeout=30, what="the merged workbook")
+    path = env.root / "merged.xlsx"
+    path.write_bytes(wb.content)
+    book = load_workbook(path, read_only=True)
+    metadata = list(book["DICOM_Metadata"].iter_rows(values_only=True))
+    summary = list(book["Series_Summary"].iter_rows(values_only=True))
+    assert metadata[0][0] == summary[0][0] == "Study Folder"
+    assert len(metadata) - 1 == 22 + 40 and len(summary) - 1 == 2 + 5
+    assert {row[0] for row in summary[1:]} == {"WEB001_20250301_WEBACC1", "WEB002_20250302_WEBACC2"}
+    status = (env.node.config.paths.outbox / "requests" / f"{doc['request']}.status.yaml").read_text()
+    assert f"merged_workbook: outbox/requests/{doc['request']}.xlsx" in status
