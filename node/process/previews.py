@@ -19,6 +19,8 @@ PANEL = 256  # pixels on the long side of a panel
 SINGLE = 512  # a lone 2D image is shown larger
 STACK_PANELS = 6
 _LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))  # LPS axes: (negative, positive)
+_TOWARD_TOP = frozenset({"A", "H", "R"})  # a row axis pointing there is flipped: those go at the top
+_TOWARD_LEFT = frozenset({"R", "A", "H"})  # a column axis pointing there is flipped: those go on the left
 
 
 def direction_letter(vector: np.ndarray) -> str:
@@ -33,7 +35,7 @@ def _window(header: Any, values: np.ndarray) -> tuple[float, float]:
     if center is not None and width is not None and width > 0:
         return center - width / 2, center + width / 2
     flat = values.reshape(-1)
-    sample = flat[:: max(1, flat.size // 1_000_000)]
+    sample = flat[:: max(1, flat.size // 250_000)]
     lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
     return (lo, hi) if hi > lo else (lo, lo + 1)
 
@@ -58,7 +60,14 @@ def _to_uint8(image: np.ndarray, lo: float, hi: float, invert: bool) -> np.ndarr
 
 def _panel(image: np.ndarray, row_vec: np.ndarray, col_vec: np.ndarray, row_mm: float, col_mm: float,
            size: int) -> Image.Image:
-    """One slice as a labelled panel with square physical pixels; rows run along row_vec, columns along col_vec."""
+    """One slice as a labelled panel with square physical pixels; rows run along row_vec, columns along col_vec.
+
+    Flipped into the radiological convention viewers use: anterior or head at the top, patient right on the
+    left (sagittal: anterior on the left)."""
+    if direction_letter(row_vec) in _TOWARD_TOP:
+        image, row_vec = image[::-1], -row_vec
+    if direction_letter(col_vec) in _TOWARD_LEFT:
+        image, col_vec = image[:, ::-1], -col_vec
     rows, cols = image.shape
     height_mm, width_mm = rows * row_mm, cols * col_mm
     scale = size / max(height_mm, width_mm)
@@ -96,7 +105,9 @@ def render(data: np.ndarray, direction: np.ndarray, spacing: np.ndarray, photome
     xv, yv, zv = (np.asarray(direction[:, i], dtype=np.float64) for i in range(3))
     sx, sy, sz = (float(v) for v in spacing)
     if nz == 1:
-        return _panel(_to_uint8(volume[0], lo, hi, invert), yv, xv, sy, sx, SINGLE)
+        step = max(1, max(ny, nx) // (2 * SINGLE))  # decimate a big radiograph before scaling it: same look
+        image = volume[0, ::step, ::step]
+        return _panel(_to_uint8(image, lo, hi, invert), yv, xv, sy * step, sx * step, SINGLE)
     volumetric = nz >= 16 and sz <= 3 * max(sx, sy)
     if not volumetric:
         picks = sorted({round(i) for i in np.linspace(0, nz - 1, min(STACK_PANELS, nz))})
@@ -106,14 +117,11 @@ def render(data: np.ndarray, direction: np.ndarray, spacing: np.ndarray, photome
     across_x = _to_uint8(volume[:, :, nx // 2], lo, hi, invert)
     panels = [_panel(native, yv, xv, sy, sx, PANEL)]
     for image, col_vec, col_mm in ((across_y, xv, sx), (across_x, yv, sy)):
-        row_vec = zv
-        if direction_letter(zv) in ("H", "P", "L"):  # put the head (or front, or right) at the top, as viewers do
-            image, row_vec = image[::-1], -zv
-        panels.append(_panel(image, row_vec, col_vec, sz, col_mm, PANEL))
+        panels.append(_panel(image, zv, col_vec, sz, col_mm, PANEL))
     return _sheet(panels, 3)
 
 
 def write(path: Path, data: np.ndarray, direction: np.ndarray, spacing: np.ndarray, photometric: str,
           header: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    render(data, direction, spacing, photometric, header).save(path, format="PNG", compress_level=6)
+    render(data, direction, spacing, photometric, header).save(path, format="PNG", compress_level=3)

@@ -79,3 +79,21 @@ def test_the_orientation_letters_are_drawn_on_the_panel_edges() -> None:
     assert pixels[:14, size // 2 - 8: size // 2 + 8].max() >= 200  # "A" at the top
     assert pixels[size // 2 - 8: size // 2 + 8, :12].max() >= 200  # "R" on the left
     assert pixels[100:400, 100:400].max() == 0  # and nothing else is drawn
+
+
+def test_panels_follow_the_radiological_convention_whatever_the_stored_order() -> None:
+    # A bright corner at the patient's anterior-right: it must show top-left however the voxels are stored.
+    volume = np.zeros((1, 64, 64), dtype=np.float32)
+    volume[0, :8, :8] = 1000  # first rows, first columns
+    for rows_toward, cols_toward in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
+        direction = np.diag([cols_toward, rows_toward, 1.0])
+        stored = volume.copy()
+        if rows_toward == 1:  # rows run toward P: the first rows are anterior already
+            pass
+        else:  # rows run toward A: anterior is at the end
+            stored = stored[:, ::-1]
+        if cols_toward == -1:  # columns run toward R: the right is at the end
+            stored = stored[:, :, ::-1]
+        pixels = np.asarray(previews.render(stored, direction, np.ones(3), "MONOCHROME2", Dataset()))
+        assert pixels[16:56, 16:56].mean() > 200, (rows_toward, cols_toward)  # top-left of the 512 px panel
+        assert pixels[440:490, 440:490].mean() < 50
