@@ -71,6 +71,7 @@ def once(study: StudySpec, store: Path, outbox: Path, qc: QcConfig) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--examples", type=Path, help="also copy one study's previews and qc_report.html here")
     args = parser.parse_args()
     on = QcConfig.from_section({})
     off = QcConfig.from_section({"enabled": False, "previews": False})
@@ -84,6 +85,11 @@ def main() -> None:
             for _ in range(args.repeat):
                 times["off"].append(once(study, store, root / "out", off))
                 times["on"].append(once(study, store, root / "out", on))
+            if args.examples:
+                once(study, store, root / "out", on)
+                args.examples.mkdir(parents=True, exist_ok=True)
+                for png in sorted((root / "out" / "S" / "previews").glob("*.png"))[:1]:
+                    shutil.copy2(png, args.examples / f"preview-{name.split()[0].lower()}.png")
             off_s, on_s = statistics.median(times["off"]), statistics.median(times["on"])
             report(f"{name}: previews+QC off {off_s:.2f} s, on {on_s:.2f} s, ratio {on_s / off_s:.2f} "
                    f"(median of {args.repeat})")
