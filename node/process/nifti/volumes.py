@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 PROJECTION_MODALITIES = frozenset({"DX", "CR", "MG", "XA", "RF", "IO", "PX", "RG", "OT", "SC", "XC", "US"})
 # Codes that make a volume geometrically untrustworthy (written only with on_geometry_error=write_with_warning).
-GEOMETRY_ERRORS = frozenset({"MISSING_SLICE", "UNEVEN_SPACING", "INCOMPLETE_4D"})
+GEOMETRY_ERRORS = frozenset({"MISSING_SLICE", "UNEVEN_SPACING", "INCOMPLETE_4D", "DIFFUSION_MISMATCH"})
 
 
 @dataclass(frozen=True)
@@ -398,11 +398,15 @@ class Stack:
 
 
 def _temporal_key(s: SliceInfo) -> tuple[float, ...]:
+    """The order of the images at one slice position: as dcm2niix, by temporal position then InstanceNumber.
+
+    AcquisitionNumber only breaks ties (instance numbers restarting per acquisition): a Philips multiband DTI
+    numbers acquisitions per slice group, and ordering by it first mixed gradient directions between volumes."""
     return (
         float(s.temporal_position or 0),
+        float(s.instance_number),
         float(s.acquisition_number or 0),
         float(s.trigger_time or 0.0),
-        float(s.instance_number),
         float(s.frame or 0),
     )
 
@@ -450,6 +454,9 @@ def stack_group(group: Group, position_tol: float = 0.01, spacing_tol: float = 0
         issues.append(Issue("INCOMPLETE_4D", f"positions hold {n_vol} to {max(counts)} images; "
                                              f"only {n_vol} complete volume(s)"))
     volumes = [[p[t] for p in positions] for t in range(n_vol)]
+    mixed = _diffusion_mismatch(volumes)
+    if mixed:
+        issues.append(Issue("DIFFUSION_MISMATCH", mixed))
     centers = np.array([np.asarray(p[0].ipp) for p in positions])
     d = np.array([float(np.dot(c, normal)) for c in centers])
     spacing = 0.0
@@ -485,6 +492,22 @@ def stack_group(group: Group, position_tol: float = 0.01, spacing_tol: float = 0
         # One slice: like dcm2niix, the declared spacing, else the thickness, sizes the third axis.
         spacing = float(_num(first.header, "SpacingBetweenSlices") or _num(first.header, "SliceThickness") or 1.0)
     return Stack(volumes, row, col, normal, step * spacing if tilt else normal * spacing, spacing, issues, tilt)
+
+
+def _diffusion_mismatch(volumes: list[list[SliceInfo]]) -> str | None:
+    """Why the volumes cannot be trusted as diffusion volumes: one whose slices disagree on b-value or gradient
+    (the images were ordered into volumes wrongly), or None."""
+    bad = []
+    for t, volume in enumerate(volumes):
+        bvals = {round(float(s.bvalue), 1) for s in volume if s.bvalue is not None}
+        bvecs = {tuple(round(float(c), 3) for c in s.bvec) for s in volume if s.bvec is not None}
+        if len(bvals) > 1 or len(bvecs) > 1:
+            bad.append(t + 1)
+    if not bad:
+        return None
+    shown = ", ".join(str(t) for t in bad[:10]) + (" ..." if len(bad) > 10 else "")
+    return (f"{len(bad)} of {len(volumes)} volume(s) mix b-values or gradient directions across their slices "
+            f"(volumes {shown}): the images cannot be ordered into diffusion volumes safely")
 
 
 def _projection_stack(slices: Sequence[SliceInfo]) -> Stack:

@@ -95,6 +95,18 @@ def _dwi(orientation) -> list:
                                                      orientation=orientation), volumes)
 
 
+def _dwi_multiband_acquisition_numbers() -> list:
+    """Philips multiband DTI: AcquisitionNumber counts per slice group, not per volume, so at some positions it
+    runs against the volume order. Volumes must follow InstanceNumber (as dcm2niix), not AcquisitionNumber."""
+    vecs = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0.7071, 0.7071, 0)]
+    n = len(vecs)
+    volumes = [{"AcquisitionNumber": (lambda k, v=v: n - v if k % 4 == 1 else v + 1),
+                "DiffusionBValue": 0.0 if v == 0 else 1000.0,
+                "DiffusionGradientOrientation": [float(c) for c in vec]} for v, vec in enumerate(vecs)]
+    return make_multivolume_series(STUDY, SeriesSpec(series_number=9, series_description="dti_multiband",
+                                                     n_slices=8), volumes)
+
+
 def _siemens_dwi_mosaic() -> list:
     """Mosaic DWI carrying b-values and directions only in Siemens private elements (0019,100C/100E)."""
     vecs = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.8, 0.6), (0.0, 0.0, 1.0)]
@@ -126,6 +138,7 @@ GENERATED: dict[str, Callable[[], list]] = {
         [{"AcquisitionNumber": t + 1, "TemporalPositionIdentifier": t + 1} for t in range(5)]),
     "dwi_oblique": lambda: _dwi(oblique_iop(15, "x")),
     "dwi_sagittal": lambda: _dwi("SAG"),
+    "dwi_multiband_acquisition_numbers": _dwi_multiband_acquisition_numbers,
     "mprage_3d_sagittal": _series(orientation="SAG", n_slices=12, slice_spacing=1.0, series_description="mprage",
                                   extra={"MRAcquisitionType": "3D"}),
     "3d_coronal_ffs": _series(orientation="COR", patient_position="FFS", n_slices=12, rows=20, cols=24,
@@ -207,3 +220,17 @@ def test_the_sidecar_carries_the_bids_fields_dcm2niix_writes(dcm2niix: str, tmp_
     for key in shared:
         assert key in ref, f"dcm2niix no longer writes {key}"
         assert mine.get(key) == pytest.approx(ref[key]) if isinstance(ref[key], float) else mine.get(key) == ref[key], key
+
+
+def test_diffusion_volumes_whose_slices_disagree_are_refused_with_the_reason(tmp_path: Path) -> None:
+    # Instance numbers shuffled across the whole series: ordering by them (as dcm2niix does) would build volumes
+    # whose slices come from different gradient directions. The node refuses and says why; nothing is written.
+    vecs = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    volumes = [{"DiffusionBValue": 0.0 if v == 0 else 1000.0,
+                "DiffusionGradientOrientation": [float(c) for c in vec]} for v, vec in enumerate(vecs)]
+    datasets = make_multivolume_series(STUDY, SeriesSpec(series_number=12, series_description="dwi_shuffled",
+                                                         shuffle_instance_numbers=True), volumes)
+    files = write_datasets(datasets, tmp_path / "src")
+    outcome = convert_series(files, tmp_path / "study" / "nifti", NiftiOptions(compress=False))
+    assert outcome.files == ()
+    assert outcome.skipped_reason is not None and "DIFFUSION_MISMATCH" in outcome.skipped_reason, outcome
