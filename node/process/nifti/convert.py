@@ -27,6 +27,7 @@ from node.process.nifti import sidecar
 from node.process.nifti.volumes import (
     PROJECTION_MODALITIES,
     Group,
+    NotAnImage,
     SliceInfo,
     Stack,
     looks_like_localizer,
@@ -103,17 +104,26 @@ def convert_series(files: Sequence[Path], out_dir: Path, options: NiftiOptions |
     series_uid = ""
     slices: list[SliceInfo] = []
     unreadable: list[str] = []
+    not_images: dict[str, int] = {}
     for path in files:
         try:
             slices.extend(read_header(Path(path)))
+        except NotAnImage as exc:
+            not_images[exc.kind] = not_images.get(exc.kind, 0) + 1
         except DATA_ERRORS as exc:
             unreadable.append(f"{Path(path).name}: {exc}")
             log.warning("nifti: skipping unreadable file %s: %s", Path(path).name, exc)
     if unreadable:
         res.warnings.append(f"UNREADABLE: {len(unreadable)} file(s) could not be read as DICOM images "
                             f"(first: {unreadable[0]})")
+    if not_images:
+        kinds = ", ".join(sorted(not_images))
+        res.skipped.append(f"NON_IMAGE: {sum(not_images.values())} object(s) without pixels ({kinds}): nothing to "
+                           "convert (reports, presentation states and key objects stay in the workbook)")
     if slices:
         series_uid = str(slices[0].header.get("SeriesInstanceUID", ""))
+    if not slices and not_images and not unreadable:
+        return SeriesOutcome(series_uid, warnings=tuple(res.warnings), skipped_reason=res.skipped[0])
     if not slices:
         reason = "NO_IMAGES: no readable DICOM image in the series"
         return SeriesOutcome(series_uid, warnings=tuple(res.warnings), skipped_reason=None if unreadable else reason,

@@ -157,6 +157,14 @@ def _diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | N
     return bvalue, bvec
 
 
+class NotAnImage(ValueError):
+    """A DICOM object without pixels (structured report, presentation state, key object...): nothing to convert."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"not an image ({kind})")
+        self.kind = kind
+
+
 def read_header(path: Path) -> list[SliceInfo]:
     """Read one file's header (no pixel data); one SliceInfo per frame. Raises for unreadable/non-image files."""
     fast = read_fast(path)
@@ -165,7 +173,7 @@ def read_header(path: Path) -> list[SliceInfo]:
         return [_slice(path, fast, fast, None)]
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     if "Rows" not in ds or "Columns" not in ds:
-        raise ValueError("not an image (no Rows/Columns)")
+        raise NotAnImage(str(ds.get("Modality") or "") or "no Rows/Columns")
     if "MOSAIC" in [str(v).upper() for v in ds.get("ImageType") or ()]:
         return _mosaic(path, ds)
     frames = _int(ds, "NumberOfFrames") or 1
