@@ -71,6 +71,9 @@ def _value(ds: Dataset, keyword: str, kind: str) -> Any:
         return None
     try:
         if kind == "str":
+            if not isinstance(value, str | bytes) and hasattr(value, "__iter__"):
+                # Multi-valued (SoftwareVersions "27\\LX\\..."): joined by backslashes, as dcm2niix writes it.
+                return "\\".join(str(v).strip() for v in value)
             return str(value).strip()
         if kind == "multi":
             items = [str(v) for v in value] if not isinstance(value, str) else [value]

@@ -222,6 +222,17 @@ def test_the_sidecar_carries_the_bids_fields_dcm2niix_writes(dcm2niix: str, tmp_
         assert mine.get(key) == pytest.approx(ref[key]) if isinstance(ref[key], float) else mine.get(key) == ref[key], key
 
 
+def test_multi_valued_software_versions_are_written_as_dcm2niix_writes_them(dcm2niix: str, tmp_path: Path) -> None:
+    import json
+
+    files = write_datasets(make_series(STUDY, SeriesSpec(n_slices=3, series_description="ge", extra={
+        "SoftwareVersions": ["27", "LX", "MR Software release:RX27.0_R02_1831.a"]})), tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)
+    ref = json.loads(theirs[0].with_suffix(".json").read_text())["SoftwareVersions"]
+    assert json.loads(ours[0].with_suffix(".json").read_text())["SoftwareVersions"] == ref == (
+        "27\\LX\\MR Software release:RX27.0_R02_1831.a")
+
+
 def test_diffusion_volumes_whose_slices_disagree_are_refused_with_the_reason(tmp_path: Path) -> None:
     # Instance numbers shuffled across the whole series: ordering by them (as dcm2niix does) would build volumes
     # whose slices come from different gradient directions. The node refuses and says why; nothing is written.
