@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from node.process.nifti.convert import NiftiOptions, convert_series
 from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets
@@ -19,7 +19,8 @@ def non_image(folder: Path, sop_class: str, modality: str, series_uid: str) -> P
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = STUDY.study_uid, series_uid, modality
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     folder.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
