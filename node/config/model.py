@@ -242,6 +242,7 @@ class NiftiOptions:
     spacing_tolerance: float = _default("nifti", "spacing_tolerance")
     max_series_mb: int = _default("nifti", "max_series_mb")
     invert_monochrome1: bool = _default("nifti", "invert_monochrome1")
+    philips_scaling: Literal["precise", "display"] = _default("nifti", "philips_scaling")
     # Not a config key: false when a request asked for npz and not nifti (the arrays without the .nii files).
     write_nifti: bool = True
 
@@ -251,6 +252,7 @@ class NiftiOptions:
             "localizer": ("skip", "per_plane"),
             "single_slice": ("write_2d", "skip"),
             "projection": ("write_2d", "skip"),
+            "philips_scaling": ("precise", "display"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -287,8 +287,11 @@ def closest_canonical(data: np.ndarray, mat: np.ndarray, origin: np.ndarray) -> 
     return data.transpose(axes), mat[:, order], origin
 
 
-def _scaled(stack: Stack, notes: list[str]) -> np.ndarray:
-    """Voxel array [T?, Z, Y, X] after RescaleSlope/Intercept: integer when exact, float32 otherwise."""
+def _scaled(stack: Stack, notes: list[str], philips: str = "precise", extra: dict[str, Any] | None = None) -> np.ndarray:
+    """Voxel array [T?, Z, Y, X] after RescaleSlope/Intercept: integer when exact, float32 otherwise.
+
+    Philips images with a private scale slope SS get, like dcm2niix's default (-p y), the "precise" floating-point
+    values (stored x RS + RI) / (RS x SS) unless nifti.philips_scaling is display."""
     slices = [s for vol in stack.volumes for s in vol]
     n_t, n_z = len(stack.volumes), len(stack.volumes[0])
     cache: dict[Path, np.ndarray] = {}
@@ -303,6 +306,19 @@ def _scaled(stack: Stack, notes: list[str]) -> np.ndarray:
     cache.clear()
     slopes = np.array([s.slope for s in slices])
     inters = np.array([s.intercept for s in slices])
+    ss = [s.philips_scale_slope for s in slices]
+    if philips == "precise" and all(v is not None for v in ss):
+        scale = np.array([float(v or 1.0) for v in ss])
+        out = np.empty(raw.shape, dtype=np.float32)
+        for i in range(len(slices)):
+            out[i] = (raw[i].astype(np.float64) * slopes[i] + inters[i]) / (slopes[i] * scale[i])
+        notes.append("PHILIPS_PRECISE: Philips floating-point values (stored x RS + RI) / (RS x SS), as dcm2niix "
+                     "writes them by default (nifti.philips_scaling: display keeps the displayed values)")
+        if extra is not None:
+            extra.update(PhilipsRescaleSlope=float(slopes[0]), PhilipsRescaleIntercept=float(inters[0]),
+                         PhilipsScaleSlope=float(scale[0]), UsePhilipsFloatNotDisplayScaling=1)
+        shape = (n_t, n_z, *out.shape[1:]) if n_t > 1 else (n_z, *out.shape[1:])
+        return out.reshape(shape)
     uniform = bool(np.all(slopes == slopes[0]) and np.all(inters == inters[0]))
     if not uniform:
         notes.append("RESCALE_VARIES: RescaleSlope/Intercept differ between images; written as float32")
@@ -351,7 +367,8 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
                  notes: list[str], qc: qc_mod.QcConfig | None = None) -> str:
     import SimpleITK as sitk
 
-    data = _scaled(stack, notes)
+    extra: dict[str, Any] = {}
+    data = _scaled(stack, notes, options.philips_scaling, extra)
     mat, origin = geometry(stack)
     first = stack.first
     if (str(first.header.get("MRAcquisitionType", "")).upper() == "3D" and not stack.tilt_deg
@@ -359,7 +376,6 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
         data, mat, origin = closest_canonical(data, mat, origin)
     spacing = np.linalg.norm(mat, axis=0)
     direction = mat / spacing
-    extra: dict[str, Any] = {}
     if stack.tilt_deg:
         extra["GantryTiltSheared"] = round(stack.tilt_deg, 4)
     if stack.tilt_deg and options.resample_tilt:

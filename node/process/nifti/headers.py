@@ -57,7 +57,11 @@ WANTED: dict[int, tuple[str, str]] = {
     0x0019100C: ("SiemensBValue", "str"),
     0x0019100E: ("SiemensGradient", "FD"),
     0x00190010: ("SiemensCreator0019", "str"),
+    # Philips private scale slope (2005,100E) "MRScaleSlope" in block 10 of "Philips MR Imaging DD 001" (FL).
+    0x20050010: ("PhilipsCreator2005", "str"),
+    0x2005100E: ("PhilipsScaleSlope", "FL"),
 }
+PHILIPS_MR_IMAGING = "Philips MR Imaging DD 001"
 SIEMENS_MR_HEADER = "SIEMENS MR HEADER"
 
 
@@ -88,6 +92,8 @@ def read_fast(path: Path) -> dict[str, object] | None:
 def _decode(raw: bytes, kind: str) -> object:
     if kind == "US":
         return struct.unpack_from("<H", raw, 0)[0] if len(raw) >= 2 else None
+    if kind == "FL":
+        return struct.unpack_from("<f", raw, 0)[0] if len(raw) >= 4 else None
     if kind == "FD":
         count = len(raw) // 8
         values = struct.unpack_from(f"<{count}d", raw, 0)

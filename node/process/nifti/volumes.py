@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.dicom import facts
-from node.process.nifti.headers import SIEMENS_MR_HEADER, read_fast
+from node.process.nifti.headers import PHILIPS_MR_IMAGING, SIEMENS_MR_HEADER, read_fast
 from node.process.nifti.mosaic import mosaic_layout
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class SliceInfo:
     gantry_tilt: float
     photometric: str
     frame: int | None = None  # 0-based frame index inside a multi-frame file
+    philips_scale_slope: float | None = None  # (2005,100E): the "precise" (floating-point) values' scale
     pixel_offset: int | None = None  # byte offset of native pixel data, when the fast reader found it
     pixel_length: int | None = None
     mosaic_side: int = 0  # tiles per side when this record is one tile (frame) of a Siemens mosaic
@@ -157,6 +158,27 @@ def _diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | N
     return bvalue, bvec
 
 
+def _philips_scale_slope(ds: Values) -> float | None:
+    """Philips' private MRScaleSlope (2005,100E) of a classic image, when its private creator says it is one."""
+    if "PHILIPS" not in str(ds.get("Manufacturer", "")).upper():
+        return None
+    if isinstance(ds, dict):
+        value = ds.get("PhilipsScaleSlope") if ds.get("PhilipsCreator2005") == PHILIPS_MR_IMAGING else None
+    else:
+        creator = ds.get((0x2005, 0x0010))
+        elem = ds.get((0x2005, 0x100E))
+        if creator is None or str(creator.value).strip() != PHILIPS_MR_IMAGING or elem is None:
+            return None
+        value = elem.value
+        if isinstance(value, bytes):  # implicit VR or UN: one little-endian float
+            value = float(np.frombuffer(value[:4], dtype="<f4")[0]) if len(value) >= 4 else None
+    try:
+        number = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and np.isfinite(number) and number != 0 else None
+
+
 class NotAnImage(ValueError):
     """A DICOM object without pixels (structured report, presentation state, key object...): nothing to convert."""
 
@@ -240,6 +262,7 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         gantry_tilt=_num(ds, "GantryDetectorTilt", 0.0) or 0.0,
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper(),
         frame=frame,
+        philips_scale_slope=_philips_scale_slope(ds),
         pixel_offset=ds.get("_pixel_offset") if isinstance(ds, dict) else None,
         pixel_length=ds.get("_pixel_length") if isinstance(ds, dict) else None,
         bits_allocated=_int(ds, "BitsAllocated") or 16,

@@ -70,7 +70,13 @@ def compare(tool: str, files: list[Path], tmp_path: Path) -> tuple[list[Path], l
         a, b = _nii(a_path), _nii(b_path)
         assert a.shape == b.shape, (a_path.name, a.shape, b.shape)
         assert_same_affine(a.affine, b.affine)
-        np.testing.assert_array_equal(a.get_fdata(), b.get_fdata(), err_msg=a_path.name)
+        slope = float(getattr(a.dataobj, "slope", 1.0))  # nibabel moves scl_slope into the array proxy
+        if np.isfinite(slope) and slope not in (0.0, 1.0):
+            # dcm2niix kept integers with a float32 scl_slope (Philips precise values): the node writes the exact
+            # values as float32. They agree within float32 rounding, not bit for bit.
+            np.testing.assert_allclose(b.get_fdata(), a.get_fdata(), rtol=2e-6, err_msg=a_path.name)
+        else:
+            np.testing.assert_array_equal(a.get_fdata(), b.get_fdata(), err_msg=a_path.name)
     return theirs, ours
 
 
@@ -107,6 +113,16 @@ def _dwi_multiband_acquisition_numbers() -> list:
                                                      n_slices=8), volumes)
 
 
+def _philips_scaled() -> list:
+    """Philips classic MR with RescaleSlope/Intercept and the private MRScaleSlope (2005,100E)."""
+    datasets = make_series(STUDY, SeriesSpec(n_slices=5, rows=12, cols=10, rescale=(2.5, -10.0),
+                                             series_description="philips_t1",
+                                             extra={"Manufacturer": "Philips Medical Systems"}))
+    for ds in datasets:
+        ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", 0.3)
+    return datasets
+
+
 def _siemens_dwi_mosaic() -> list:
     """Mosaic DWI carrying b-values and directions only in Siemens private elements (0019,100C/100E)."""
     vecs = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.8, 0.6), (0.0, 0.0, 1.0)]
@@ -139,6 +155,7 @@ GENERATED: dict[str, Callable[[], list]] = {
     "dwi_oblique": lambda: _dwi(oblique_iop(15, "x")),
     "dwi_sagittal": lambda: _dwi("SAG"),
     "dwi_multiband_acquisition_numbers": _dwi_multiband_acquisition_numbers,
+    "philips_precise_scaling": _philips_scaled,
     "mprage_3d_sagittal": _series(orientation="SAG", n_slices=12, slice_spacing=1.0, series_description="mprage",
                                   extra={"MRAcquisitionType": "3D"}),
     "3d_coronal_ffs": _series(orientation="COR", patient_position="FFS", n_slices=12, rows=20, cols=24,
@@ -231,6 +248,22 @@ def test_multi_valued_software_versions_are_written_as_dcm2niix_writes_them(dcm2
     ref = json.loads(theirs[0].with_suffix(".json").read_text())["SoftwareVersions"]
     assert json.loads(ours[0].with_suffix(".json").read_text())["SoftwareVersions"] == ref == (
         "27\\LX\\MR Software release:RX27.0_R02_1831.a")
+
+
+def test_philips_display_scaling_is_the_option_and_the_sidecar_says_which(dcm2niix: str, tmp_path: Path) -> None:
+    import json
+
+    files = write_datasets(_philips_scaled(), tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)  # precise by default, voxel for voxel with dcm2niix
+    ref = json.loads(theirs[0].with_suffix(".json").read_text())
+    mine = json.loads(ours[0].with_suffix(".json").read_text())
+    for key in ("PhilipsRescaleSlope", "PhilipsRescaleIntercept", "PhilipsScaleSlope", "UsePhilipsFloatNotDisplayScaling"):
+        assert mine[key] == pytest.approx(ref[key]), key
+    display = convert_series(files, tmp_path / "display" / "nifti", NiftiOptions(compress=False, philips_scaling="display"))
+    shown = _nii(tmp_path / "display" / display.files[0]).get_fdata()
+    precise = _nii(ours[0]).get_fdata()
+    np.testing.assert_allclose(shown, precise * 2.5 * 0.3, rtol=1e-5)  # display = precise x RS x SS
+    assert "UsePhilipsFloatNotDisplayScaling" not in json.loads((tmp_path / "display" / display.files[1]).read_text())
 
 
 def test_diffusion_volumes_whose_slices_disagree_are_refused_with_the_reason(tmp_path: Path) -> None:
