@@ -191,20 +191,63 @@ def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, take
         if not _admit(stack, options, res, notes, label):
             res.warnings.extend(n + label for n in notes)
             continue
-        name = unique_name(slug(base + group.suffix, options.max_name_len), taken)
-        try:
-            written = _write_stack(stack, out_dir, name, options, res, notes, qc)
-        except DATA_ERRORS as exc:
-            log.warning("nifti: writing %s failed: %s", name, exc, exc_info=True)
-            res.errors.append(f"WRITE_FAILED: {name}: {type(exc).__name__}: {exc}")
-            for ext in _OUTPUT_EXTS:  # no half-written file set is left behind
-                (out_dir / f"{name}{ext}").unlink(missing_ok=True)
-            (out_dir.parent / "previews" / f"{name}.png").unlink(missing_ok=True)
-            continue
-        finally:
-            res.warnings.extend(n + label for n in notes)
-        shapes[written] = list(_shape(stack))
-        res.volumes += 1
+        for part, part_suffix in _diffusion_parts(stack, notes):
+            name = unique_name(slug(base + group.suffix + part_suffix, options.max_name_len), taken)
+            try:
+                written = _write_stack(part, out_dir, name, options, res, notes, qc)
+            except DATA_ERRORS as exc:
+                log.warning("nifti: writing %s failed: %s", name, exc, exc_info=True)
+                res.errors.append(f"WRITE_FAILED: {name}: {type(exc).__name__}: {exc}")
+                for ext in _OUTPUT_EXTS:  # no half-written file set is left behind
+                    (out_dir / f"{name}{ext}").unlink(missing_ok=True)
+                (out_dir.parent / "previews" / f"{name}.png").unlink(missing_ok=True)
+                continue
+            shapes[written] = list(_shape(part))
+            res.volumes += 1
+        res.warnings.extend(n + label for n in notes)
+
+
+def _isotropic(s: SliceInfo) -> bool:
+    """A derived trace/ADC image of a diffusion series: a b-value but no gradient direction."""
+    return bool(s.bvalue) and (s.bvec is None or all(abs(c) < 1e-6 for c in s.bvec))
+
+
+def _diffusion_parts(stack: Stack, notes: list[str]) -> list[tuple[Stack, str]]:
+    """A DWI series holding derived isotropic (trace/ADC) volumes beside its directional ones: the isotropic ones
+    go to a file of their own (suffix _ADC), as dcm2niix does, so the DWI 4D holds only acquired directions."""
+    firsts = [vol[0] for vol in stack.volumes]
+    iso = [i for i, s in enumerate(firsts) if _isotropic(s)]
+    directional = [i for i, s in enumerate(firsts) if s.bvalue is not None and not _isotropic(s)]
+    if not iso or not any(firsts[i].bvalue for i in directional):
+        return [(stack, "")]
+    notes.append(f"DIFFUSION_TRACE: {len(iso)} derived isotropic (trace/ADC) volume(s) written apart as _ADC")
+    keep = [stack.volumes[i] for i in range(len(firsts)) if i not in iso]
+    return [(dataclasses.replace(stack, volumes=keep), ""),
+            (dataclasses.replace(stack, volumes=[stack.volumes[i] for i in iso]), "_ADC")]
+
+
+def _bvalues(stack: Stack) -> list[tuple[float, tuple[float, float, float] | None]] | None:
+    """The file's (b-value, direction) per volume, or None when it is not a diffusion series.
+
+    A diffusion series has a b-value above 0 with a gradient direction somewhere, or says it is one (ImageType
+    DIFFUSION, a Siemens ep_b sequence: a lone b0); all-zero b-values on a plain Philips image are not diffusion.
+    A volume with no diffusion attribute at all beside diffusion-weighted ones is a b0 (Canon/Toshiba b0 images
+    carry no b-value); a volume with a direction but no b-value is not guessed: no bval/bvec then."""
+    firsts = [vol[0] for vol in stack.volumes]
+    weighted = any(s.bvalue and s.bvec is not None and any(abs(c) > 1e-6 for c in s.bvec) for s in firsts)
+    declared = "DIFFUSION" in firsts[0].image_type or bool(re.search(r"ep_b\d", str(firsts[0].header.get(
+        "SequenceName", "")))) if not weighted and all(s.bvalue is not None for s in firsts) else False
+    if not (weighted or declared):
+        return None
+    out: list[tuple[float, tuple[float, float, float] | None]] = []
+    for s in firsts:
+        if s.bvalue is None and s.bvec is None:
+            out.append((0.0, (0.0, 0.0, 0.0)))
+        elif s.bvalue is None:
+            return None
+        else:
+            out.append((float(s.bvalue), s.bvec))
+    return out
 
 
 def _projection_groups(groups: list[Group]) -> list[Group]:
@@ -426,10 +469,10 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
             meta["DicomNodeWarnings"] = list(notes)
         sidecar.write_json(stem.with_name(name + ".json"), meta)
         rel.append(f"{out_dir.name}/{name}.json")
-    bvals = [vol[0].bvalue for vol in stack.volumes]
-    if all(b is not None for b in bvals):  # dcm2niix writes them for a lone diffusion volume too
-        vecs = sidecar.fsl_bvecs([vol[0].bvec for vol in stack.volumes], direction, affine)
-        sidecar.write_bval_bvec(stem, [float(b or 0.0) for b in bvals], vecs)
+    diffusion = _bvalues(stack)
+    if diffusion is not None:  # dcm2niix writes them for a lone diffusion volume too
+        vecs = sidecar.fsl_bvecs([v for _, v in diffusion], direction, affine)
+        sidecar.write_bval_bvec(stem, [b for b, _ in diffusion], vecs)
         rel += [f"{out_dir.name}/{name}.bval", f"{out_dir.name}/{name}.bvec"]
     if options.npz:
         np.savez_compressed(stem.with_name(name + ".npz"), data=data.astype(np.float32, copy=False), affine=affine,

@@ -113,6 +113,20 @@ def _dwi_multiband_acquisition_numbers() -> list:
                                                      n_slices=8), volumes)
 
 
+DWI_VECS = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+
+
+def _philips_dti_with_trace() -> list:
+    """Philips DTI: b0, three directions, and the scanner's derived isotropic (trace) volume at b1000 with a zero
+    vector. dcm2niix writes the trace apart (_ADC); it must not sit in the DWI 4D as a fourth 'direction'."""
+    volumes = [{"DiffusionBValue": 0.0, "DiffusionGradientOrientation": [0.0, 0.0, 0.0]}]
+    volumes += [{"DiffusionBValue": 1000.0, "DiffusionGradientOrientation": list(v)} for v in DWI_VECS]
+    volumes.append({"DiffusionBValue": 1000.0, "DiffusionGradientOrientation": [0.0, 0.0, 0.0],
+                    "DiffusionDirectionality": "ISOTROPIC"})
+    return make_multivolume_series(STUDY, SeriesSpec(series_number=13, series_description="dti_trace", n_slices=4,
+                                                     extra={"Manufacturer": "Philips Medical Systems"}), volumes)
+
+
 def _philips_scaled() -> list:
     """Philips classic MR with RescaleSlope/Intercept and the private MRScaleSlope (2005,100E)."""
     datasets = make_series(STUDY, SeriesSpec(n_slices=5, rows=12, cols=10, rescale=(2.5, -10.0),
@@ -156,6 +170,8 @@ GENERATED: dict[str, Callable[[], list]] = {
     "dwi_sagittal": lambda: _dwi("SAG"),
     "dwi_multiband_acquisition_numbers": _dwi_multiband_acquisition_numbers,
     "philips_precise_scaling": _philips_scaled,
+    "plain_mr_with_zero_b_value": _series(series_description="t1_philips",
+                                          extra={"DiffusionBValue": 0.0, "Manufacturer": "Philips Medical Systems"}),
     "mprage_3d_sagittal": _series(orientation="SAG", n_slices=12, slice_spacing=1.0, series_description="mprage",
                                   extra={"MRAcquisitionType": "3D"}),
     "3d_coronal_ffs": _series(orientation="COR", patient_position="FFS", n_slices=12, rows=20, cols=24,
@@ -264,6 +280,40 @@ def test_philips_display_scaling_is_the_option_and_the_sidecar_says_which(dcm2ni
     precise = _nii(ours[0]).get_fdata()
     np.testing.assert_allclose(shown, precise * 2.5 * 0.3, rtol=1e-5)  # display = precise x RS x SS
     assert "UsePhilipsFloatNotDisplayScaling" not in json.loads((tmp_path / "display" / display.files[1]).read_text())
+
+
+def test_a_philips_trace_volume_leaves_the_dwi_4d_and_is_written_apart(dcm2niix: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_datasets(_philips_dti_with_trace(), src)
+    theirs = run_dcm2niix(dcm2niix, src, tmp_path / "dcm2niix")
+    outcome = convert_series(sorted(src.iterdir()), tmp_path / "study" / "nifti", NiftiOptions(compress=False))
+    assert any(w.startswith("DIFFUSION_TRACE: 1 derived isotropic") for w in outcome.warnings), outcome.warnings
+    dwi, trace = (_nii(tmp_path / "study" / "nifti" / n) for n in ("13_dti_trace.nii", "13_dti_trace_ADC.nii"))
+    ref_dwi, ref_adc = (_nii(p) for p in theirs)  # dcm2niix: the DWI 4D without the trace, and an _ADC file
+    assert dwi.shape == ref_dwi.shape == (32, 32, 4, 4)
+    assert_same_affine(dwi.affine, ref_dwi.affine)
+    np.testing.assert_array_equal(dwi.get_fdata(), ref_dwi.get_fdata())
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "study" / "nifti" / "13_dti_trace.bval"),
+                               np.loadtxt(theirs[0].with_suffix(".bval")))
+    # Debian's dcm2niix puts every volume, trace included, in its _ADC file; the node writes the trace alone
+    # there (a deliberate difference, docs/nifti.md): it is dcm2niix's last volume.
+    assert ref_adc.shape == (32, 32, 4, 5) and trace.shape == (32, 32, 4)
+    np.testing.assert_array_equal(trace.get_fdata(), ref_adc.get_fdata()[..., 4])
+    assert not (tmp_path / "study" / "nifti" / "13_dti_trace_ADC.bval").exists()
+
+
+def test_canon_b0_volumes_without_a_b_value_count_as_b0_and_the_series_keeps_its_bvals(dcm2niix: str,
+                                                                                       tmp_path: Path) -> None:
+    # Canon/Toshiba store no diffusion attribute on their b0 images. Debian's dcm2niix then writes no bval/bvec
+    # for the series at all; the truth is b=0 with no direction for those volumes (hand-computed here).
+    volumes = [{}] + [{"DiffusionBValue": 1000.0, "DiffusionGradientOrientation": list(v)} for v in DWI_VECS]
+    files = write_datasets(make_multivolume_series(STUDY, SeriesSpec(series_number=14, series_description="canon_dwi",
+                                                                     n_slices=4), volumes), tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)  # the voxels and the 4D order still match dcm2niix
+    assert not theirs[0].with_suffix(".bval").exists()
+    assert ours[0].with_suffix(".bval").read_text().split() == ["0", "1000", "1000", "1000"]
+    bvec = np.loadtxt(ours[0].with_suffix(".bvec"))
+    assert bvec.shape == (3, 4) and np.allclose(bvec[:, 0], 0) and np.allclose(np.abs(bvec[:, 1:]).sum(axis=0), 1)
 
 
 def test_diffusion_volumes_whose_slices_disagree_are_refused_with_the_reason(tmp_path: Path) -> None:
