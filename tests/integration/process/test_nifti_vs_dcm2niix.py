@@ -307,7 +307,8 @@ def test_canon_b0_volumes_without_a_b_value_count_as_b0_and_the_series_keeps_its
                                                                                        tmp_path: Path) -> None:
     # Canon/Toshiba store no diffusion attribute on their b0 images. Debian's dcm2niix then writes no bval/bvec
     # for the series at all; the truth is b=0 with no direction for those volumes (hand-computed here).
-    volumes: list[dict[str, Any]] = [{}] + [{"DiffusionBValue": 1000.0, "DiffusionGradientOrientation": list(v)} for v in DWI_VECS]
+    volumes: list[dict[str, Any]] = [{}]
+    volumes += [{"DiffusionBValue": 1000.0, "DiffusionGradientOrientation": list(v)} for v in DWI_VECS]
     files = write_datasets(make_multivolume_series(STUDY, SeriesSpec(series_number=14, series_description="canon_dwi",
                                                                      n_slices=4), volumes), tmp_path / "src")
     theirs, ours = compare(dcm2niix, files, tmp_path)  # the voxels and the 4D order still match dcm2niix
