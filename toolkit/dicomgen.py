@@ -328,3 +328,81 @@ def make_mosaic_series(study: StudySpec, spec: SeriesSpec, n_volumes: int = 1,
             setattr(ds, key, value(t) if callable(value) else value)
         out.append(ds)
     return out
+
+
+def make_enhanced_mr(study: StudySpec, spec: SeriesSpec, frames: Sequence[dict[str, Any]],
+                     shared: dict[str, Any] | None = None, philips_private_offset: float | None = None) -> Dataset:
+    """One Enhanced MR Image (multi-frame) as the standard lays it out: geometry, timing and frame type in the
+    shared and per-frame functional groups, nothing per frame at the top level.
+
+    frames: one dict per frame with "slice" (index into the spec's positions), and optionally "echo_time" (ms),
+    "frame_type" (four values), "temporal" (TemporalPositionIndex). shared: RepetitionTime/FlipAngle
+    (MRTimingAndRelatedParametersSequence). philips_private_offset: also write a Philips private per-frame
+    sequence (2005,140F) whose ImagePositionPatient is off by that many mm, as some Philips files do."""
+    from pydicom.sequence import Sequence as Seq
+
+    def item(**attrs: Any) -> Dataset:
+        out = Dataset()
+        for key, value in attrs.items():
+            setattr(out, key, value)
+        return out
+
+    positions = slice_positions(spec)
+    ds = _base_dataset(study, spec)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4.1")
+    ds.SOPInstanceUID = new_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
+    ds.InstanceNumber = 1
+    for keyword in ("ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RepetitionTime", "EchoTime",
+                    "FlipAngle", "EchoNumbers", "ImageType"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.NumberOfFrames = len(frames)
+    timing = shared or {"RepetitionTime": 1230.0, "FlipAngle": 70.0}
+    ds.SharedFunctionalGroupsSequence = Seq([item(
+        MRTimingAndRelatedParametersSequence=Seq([item(**timing)]),
+        PixelMeasuresSequence=Seq([item(PixelSpacing=list(spec.pixel_spacing), SliceThickness=spec.slice_spacing,
+                                        SpacingBetweenSlices=spec.slice_spacing)]),
+        PlaneOrientationSequence=Seq([item(ImageOrientationPatient=list(_iop(spec)))]),
+        PixelValueTransformationSequence=Seq([item(RescaleIntercept=0.0, RescaleSlope=1.0, RescaleType="US")]),
+    )])
+    third = "echo" if any("echo_time" in f for f in frames) else "temporal"
+    organization = new_uid()
+    ds.DimensionOrganizationSequence = Seq([item(DimensionOrganizationUID=organization)])
+    ds.DimensionIndexSequence = Seq([
+        item(DimensionOrganizationUID=organization, DimensionIndexPointer=0x00209056,
+             FunctionalGroupPointer=0x00209111),
+        item(DimensionOrganizationUID=organization, DimensionIndexPointer=0x00209057,
+             FunctionalGroupPointer=0x00209111),
+        item(DimensionOrganizationUID=organization,
+             DimensionIndexPointer=0x00189082 if third == "echo" else 0x00209128,
+             FunctionalGroupPointer=0x00189114 if third == "echo" else 0x00209111),
+    ])
+    echoes = sorted({float(f.get("echo_time", 12.0)) for f in frames})
+    per_frame = []
+    pixels = []
+    for n, frame in enumerate(frames):
+        k = int(frame["slice"])
+        ipp = [round(v, 6) for v in positions[k]]
+        groups = item(
+            FrameContentSequence=Seq([item(StackID="1", InStackPositionNumber=k + 1,
+                                           TemporalPositionIndex=int(frame.get("temporal", 1)),
+                                           DimensionIndexValues=[1, k + 1, int(frame.get("temporal", 1)) if third
+                                                                 == "temporal" else echoes.index(
+                                                                     float(frame.get("echo_time", 12.0))) + 1])]),
+            PlanePositionSequence=Seq([item(ImagePositionPatient=ipp)]),
+            MREchoSequence=Seq([item(EffectiveEchoTime=float(frame.get("echo_time", 12.0)))]),
+            MRImageFrameTypeSequence=Seq([item(FrameType=list(frame.get("frame_type",
+                                                                       ["ORIGINAL", "PRIMARY", "M", "NONE"])))]),
+        )
+        if philips_private_offset is not None:
+            private = item(ImagePositionPatient=[round(ipp[0] + philips_private_offset, 6), ipp[1], ipp[2]])
+            groups.private_block(0x2005, "Philips Imaging DD 001", create=True).add_new(0x0F, "SQ", Seq([private]))
+        per_frame.append(groups)
+        pixels.append((default_pixels(spec.rows, spec.cols, k).astype(np.int32) + 53 * n) % 4000)
+    ds.PerFrameFunctionalGroupsSequence = Seq(per_frame)
+    stack = np.stack(pixels).astype(np.uint16)
+    _set_pixels(ds, stack[0])
+    ds.PixelData = stack.tobytes()
+    return ds

@@ -465,6 +465,11 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
     if options.sidecar:
         iop = first.iop
         meta = sidecar.build_sidecar(first.header, iop=iop, slice_spacing=float(spacing[2]), extra=extra)
+        # Enhanced multi-frame files keep TR, TE and flip angle in functional groups, not at the top level.
+        for key, value, scale in (("RepetitionTime", first.repetition_time, 1000.0), ("EchoTime", first.echo_time, 1000.0),
+                                  ("FlipAngle", first.flip_angle, 1.0)):
+            if key not in meta and value:
+                meta[key] = round(float(value) / scale, 9)
         if notes:
             meta["DicomNodeWarnings"] = list(notes)
         sidecar.write_json(stem.with_name(name + ".json"), meta)

@@ -245,11 +245,14 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         iop=_floats(geo.get("ImageOrientationPatient"), 6),
         ipp=_floats(geo.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
         pixel_spacing=(spacing[0], spacing[1]),
-        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        # Enhanced multi-frame: the frame's own type (FrameType: magnitude/phase...), echo time (EffectiveEchoTime)
+        # and timing (RepetitionTime, FlipAngle in the shared groups) come from the functional groups (geo).
+        image_type=tuple(str(v).upper() for v in (geo.get("FrameType") or ds.get("ImageType") or ())),
         echo_number=_int(geo, "EchoNumbers") if "EchoNumbers" in geo else _int(ds, "EchoNumbers"),
-        echo_time=_num(geo, "EchoTime") if "EchoTime" in geo else _num(ds, "EchoTime"),
-        repetition_time=_num(ds, "RepetitionTime"),
-        flip_angle=_num(ds, "FlipAngle"),
+        echo_time=next((_num(geo, k) for k in ("EchoTime", "EffectiveEchoTime") if k in geo), None)
+        if geo is not ds and any(k in geo for k in ("EchoTime", "EffectiveEchoTime")) else _num(ds, "EchoTime"),
+        repetition_time=_num(geo, "RepetitionTime") if "RepetitionTime" in geo else _num(ds, "RepetitionTime"),
+        flip_angle=_num(geo, "FlipAngle") if "FlipAngle" in geo else _num(ds, "FlipAngle"),
         acquisition_number=_int(ds, "AcquisitionNumber"),
         temporal_position=_int(geo, "TemporalPositionIdentifier") or _int(geo, "TemporalPositionIndex"),
         trigger_time=_num(geo, "TriggerTime"),
@@ -298,7 +301,9 @@ def _frames(path: Path, ds: Dataset, frames: int) -> list[SliceInfo]:
             if groups is None:
                 continue
             for seq in groups:
-                if seq.VR == "SQ" and len(seq.value) > 0:
+                # Standard functional groups only: a vendor's private per-frame copy (Philips (2005,140F)) may carry
+                # another ImagePositionPatient, and the standard PlanePositionSequence is the one that is right.
+                if seq.VR == "SQ" and len(seq.value) > 0 and not seq.tag.is_private:
                     _flatten(seq.value[0], geo)
         out.append(_slice(path, ds, _overlay(ds, geo), f))
     return out
@@ -306,6 +311,8 @@ def _frames(path: Path, ds: Dataset, frames: int) -> list[SliceInfo]:
 
 def _flatten(item: Dataset, into: Dataset) -> None:
     for elem in item:
+        if elem.tag.is_private:
+            continue
         if elem.VR == "SQ":
             if len(elem.value) > 0:
                 _flatten(elem.value[0], into)
