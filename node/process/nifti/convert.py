@@ -464,7 +464,8 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
     affine[:3, 3] = _LPS_TO_RAS @ origin
     if options.sidecar:
         iop = first.iop
-        meta = sidecar.build_sidecar(first.header, iop=iop, slice_spacing=float(spacing[2]), extra=extra)
+        meta = sidecar.build_sidecar(first.header, iop=iop, slice_spacing=float(spacing[2]), extra=extra,
+                                     n_slices=len(stack.volumes[0]))
         # Enhanced multi-frame files keep TR, TE and flip angle in functional groups, not at the top level.
         for key, value, scale in (("RepetitionTime", first.repetition_time, 1000.0), ("EchoTime", first.echo_time, 1000.0),
                                   ("FlipAngle", first.flip_angle, 1.0)):

@@ -99,8 +99,33 @@ def _dicom_time(raw: str) -> str | None:
     return f"{raw[0:2]}:{raw[2:4]}:{raw[4:6]}.{(frac + '000000')[:6]}"
 
 
+def _phase_encoding(ds: Dataset, out: dict[str, Any]) -> None:
+    """PhaseEncodingAxis from InPlanePhaseEncodingDirection (ROW -> i, COL -> j), as dcm2niix writes it when the
+    header gives no polarity; the DICOM value is kept beside it."""
+    direction = str(ds.get("InPlanePhaseEncodingDirection", "") or "").strip().upper()
+    if direction in ("ROW", "COL"):
+        out["PhaseEncodingAxis"] = "i" if direction == "ROW" else "j"
+        out["InPlanePhaseEncodingDirectionDICOM"] = direction
+
+
+def _slice_timing(ds: Dataset, n_slices: int | None) -> list[float] | None:
+    """Siemens MosaicRefAcqTimes (0019,1029), ms, as SliceTiming in seconds, when it holds one time per slice."""
+    creator = ds.get((0x0019, 0x0010))
+    elem = ds.get((0x0019, 0x1029))
+    if creator is None or elem is None or "SIEMENS MR HEADER" not in str(creator.value).upper():
+        return None
+    raw = elem.value
+    if isinstance(raw, bytes):  # implicit VR / UN: little-endian doubles
+        values = [float(v) for v in np.frombuffer(raw[: len(raw) // 8 * 8], dtype="<f8")]
+    else:
+        values = [float(v) for v in (raw if not isinstance(raw, int | float) else [raw])]
+    if not values or (n_slices is not None and len(values) != n_slices):
+        return None
+    return [round(v / 1000.0, 6) for v in values]
+
+
 def build_sidecar(ds: Dataset, *, iop: Sequence[float] | None, slice_spacing: float | None,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, n_slices: int | None = None) -> dict[str, Any]:
     """BIDS-style fields for one NIfTI from its first image's header (times in seconds, as BIDS wants)."""
     out: dict[str, Any] = {}
     if ds.get("Manufacturer"):
@@ -116,6 +141,10 @@ def build_sidecar(ds: Dataset, *, iop: Sequence[float] | None, slice_spacing: fl
             out["AcquisitionTime"] = t
     if "SpacingBetweenSlices" not in out and slice_spacing:
         out["SpacingBetweenSlices"] = round(float(slice_spacing), 6)
+    _phase_encoding(ds, out)
+    timing = _slice_timing(ds, n_slices)
+    if timing is not None:
+        out["SliceTiming"] = timing
     if iop is not None:
         out["ImageOrientationPatientDICOM"] = [round(float(v), 8) for v in iop]
     photometric = str(ds.get("PhotometricInterpretation", ""))

@@ -318,6 +318,24 @@ def test_canon_b0_volumes_without_a_b_value_count_as_b0_and_the_series_keeps_its
     assert bvec.shape == (3, 4) and np.allclose(bvec[:, 0], 0) and np.allclose(np.abs(bvec[:, 1:]).sum(axis=0), 1)
 
 
+def test_slice_timing_and_phase_encoding_axis_are_written_as_dcm2niix_writes_them(dcm2niix: str,
+                                                                                  tmp_path: Path) -> None:
+    import json
+
+    datasets = make_mosaic_series(STUDY, SeriesSpec(n_slices=6, rows=16, cols=16, series_description="bold_siemens",
+                                                    extra={"InPlanePhaseEncodingDirection": "COL"}), n_volumes=2)
+    for ds in datasets:  # Siemens MosaicRefAcqTimes (ms) of the six tiles, interleaved
+        block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+        block.add_new(0x29, "FD", [0.0, 500.0, 100.0, 600.0, 200.0, 700.0])
+    files = write_datasets(datasets, tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)
+    ref = json.loads(theirs[0].with_suffix(".json").read_text())
+    mine = json.loads(ours[0].with_suffix(".json").read_text())
+    for key in ("SliceTiming", "PhaseEncodingAxis", "InPlanePhaseEncodingDirectionDICOM"):
+        assert key in ref, f"dcm2niix no longer writes {key}"
+        assert mine.get(key) == (pytest.approx(ref[key]) if key == "SliceTiming" else ref[key]), key
+
+
 def test_diffusion_volumes_whose_slices_disagree_are_refused_with_the_reason(tmp_path: Path) -> None:
     # Instance numbers shuffled across the whole series: ordering by them (as dcm2niix does) would build volumes
     # whose slices come from different gradient directions. The node refuses and says why; nothing is written.
