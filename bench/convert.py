@@ -18,7 +18,16 @@ import numpy as np
 
 from bench.report import report
 from node.process.nifti.convert import NiftiOptions, convert_series
-from toolkit.dicomgen import SeriesSpec, StudySpec, make_multivolume_series, make_series, write_datasets
+from toolkit.dicomgen import (
+    SeriesSpec,
+    StudySpec,
+    make_enhanced_mr,
+    make_mosaic_series,
+    make_multivolume_series,
+    make_series,
+    oblique_iop,
+    write_datasets,
+)
 
 DCM2NIIX = "/usr/bin/dcm2niix"
 
@@ -82,11 +91,48 @@ def main() -> None:
         mr = SeriesSpec(n_slices=30, rows=64, cols=64, series_description="bold_bench", series_number=2)
         volumes = [{"AcquisitionNumber": t + 1, "TemporalPositionIdentifier": t + 1} for t in range(args.frames)]
         mr_files = write_datasets(make_multivolume_series(study, mr, volumes), work / "mr4d")
+        vendor = vendor_cases(study, work)
         report(f"dcm2niix {DCM2NIIX}; best of {args.repeat}; target ratio <= 1.5x")
         for compress in (False, True):
             tag = ".nii.gz" if compress else ".nii"
             bench_case(f"CT {args.slices} slices {tag}", ct_files, work, args.repeat, compress)
             bench_case(f"MR 4D {args.frames} vols {tag}", mr_files, work, args.repeat, compress)
+            if not compress:
+                for name, files in vendor.items():
+                    bench_case(f"{name} {tag}", files, work, args.repeat, compress)
+
+
+def vendor_cases(study: StudySpec, work: Path) -> dict[str, list[Path]]:
+    """One series per vendor convention the converter handles: where the header reading cost sits."""
+    out: dict[str, list[Path]] = {}
+    dirs = 30
+    vecs = [(0.0, 0.0, 0.0)] + [tuple(float(c) for c in v / np.linalg.norm(v))
+                                for v in np.random.default_rng(3).normal(size=(dirs - 1, 3))]
+    mosaic = make_mosaic_series(study, SeriesSpec(n_slices=30, rows=64, cols=64, orientation=oblique_iop(10, "x"),
+                                                  series_description="siemens_dwi", series_number=11), n_volumes=dirs)
+    for ds, vec in zip(mosaic, vecs, strict=True):  # CSA-era private b-value and direction
+        b = 0 if vec == (0.0, 0.0, 0.0) else 1000
+        ds.add_new((0x0019, 0x100C), "IS", str(b))
+        ds.add_new((0x0019, 0x100E), "FD", list(vec))
+    out["Siemens DWI mosaic 30 dirs"] = write_datasets(mosaic, work / "siemens_dwi")
+    volumes = [{"DiffusionBValue": 0.0 if i == 0 else 1000.0, "DiffusionGradientOrientation": list(v)}
+               for i, v in enumerate(vecs)]
+    philips = make_multivolume_series(study, SeriesSpec(n_slices=30, rows=64, cols=64, rescale=(2.5, 0.0),
+                                                        series_description="philips_dti", series_number=12,
+                                                        extra={"Manufacturer": "Philips Medical Systems"}), volumes)
+    blob = bytes(48 * 1024)  # Philips and Canon headers carry tens of KiB of private data before the pixels
+    for ds in philips:
+        block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+        block.add_new(0x0E, "FL", 0.25)
+        ds.private_block(0x2001, "Philips Imaging DD 001", create=True).add_new(0x80, "OB", blob)
+    out["Philips DTI classic 48 KiB private"] = write_datasets(philips, work / "philips_dti")
+    frames = [{"slice": k, "temporal": t + 1} for t in range(20) for k in range(30)]
+    enhanced = make_enhanced_mr(study, SeriesSpec(n_slices=30, rows=64, cols=64, series_description="xa_bold",
+                                                  series_number=13), frames)
+    (work / "enhanced").mkdir()
+    enhanced.save_as(work / "enhanced" / "bold.dcm", enforce_file_format=True)
+    out["Enhanced MR 600 frames"] = [work / "enhanced" / "bold.dcm"]
+    return out
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ class SliceInfo:
 
 
 # A pydicom Dataset, or the keyword -> value dict of the fast reader (node/headers.py): both answer .get().
-Values = Dataset | dict[str, Any]
+Values = Any  # a pydicom Dataset, the fast reader's keyword -> value dict, or _Layers of an enhanced frame
 
 
 def _num(ds: Values, keyword: str, default: float | None = None) -> float | None:
@@ -291,22 +291,43 @@ def _siemens_coil(ds: Values) -> str:
 
 
 def _frames(path: Path, ds: Dataset, frames: int) -> list[SliceInfo]:
-    """Expand an enhanced multi-frame image into per-frame records (shared, then per-frame functional groups)."""
+    """Expand an enhanced multi-frame image into per-frame records (per-frame, then shared functional groups, then
+    the top level: looked up in that order, never copied per frame)."""
     shared = ds.get("SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared_geo = _standard_groups(shared[0]) if shared else Dataset()
     out = []
     for f in range(frames):
-        geo = Dataset()
-        for groups in (shared[0] if shared else None, per_frame[f] if per_frame and f < len(per_frame) else None):
-            if groups is None:
-                continue
-            for seq in groups:
-                # Standard functional groups only: a vendor's private per-frame copy (Philips (2005,140F)) may carry
-                # another ImagePositionPatient, and the standard PlanePositionSequence is the one that is right.
-                if seq.VR == "SQ" and len(seq.value) > 0 and not seq.tag.is_private:
-                    _flatten(seq.value[0], geo)
-        out.append(_slice(path, ds, _overlay(ds, geo), f))
+        frame_geo = _standard_groups(per_frame[f]) if per_frame and f < len(per_frame) else Dataset()
+        out.append(_slice(path, ds, _Layers((frame_geo, shared_geo, ds)), f))
     return out
+
+
+def _standard_groups(groups: Dataset) -> Dataset:
+    """One functional groups item flattened. Standard sequences only: a vendor's private per-frame copy (Philips
+    (2005,140F)) may carry another ImagePositionPatient, and the standard PlanePositionSequence is the right one."""
+    geo = Dataset()
+    for seq in groups:
+        if seq.VR == "SQ" and len(seq.value) > 0 and not seq.tag.is_private:
+            _flatten(seq.value[0], geo)
+    return geo
+
+
+class _Layers:
+    """Datasets looked up in order (the first that has a keyword answers), as `.get()` and `in`."""
+
+    def __init__(self, layers: tuple[Dataset, ...]) -> None:
+        self.layers = layers
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for layer in self.layers:
+            value = layer.get(key)
+            if value is not None:
+                return value
+        return default
+
+    def __contains__(self, key: str) -> bool:
+        return any(key in layer for layer in self.layers)
 
 
 def _flatten(item: Dataset, into: Dataset) -> None:
@@ -319,16 +340,6 @@ def _flatten(item: Dataset, into: Dataset) -> None:
         else:
             into[elem.tag] = elem
     # Standard-form gradient: DiffusionGradientDirectionSequence > DiffusionGradientOrientation, found by recursion.
-
-
-def _overlay(base: Dataset, geo: Dataset) -> Dataset:
-    merged = Dataset()
-    for elem in base:
-        if elem.VR != "SQ":
-            merged[elem.tag] = elem
-    for elem in geo:
-        merged[elem.tag] = elem
-    return merged
 
 
 # ----- splitting -----------------------------------------------------------------------------------------------
