@@ -123,6 +123,10 @@ def validate(data: Any, source: str = "<config>") -> dict[str, Any]:
         f"At '{_location(err.absolute_path)}': {err.message}"
         for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
     ]
+    health = data.get("health")
+    if isinstance(health, dict):  # keys that moved when the web server took over /healthz and /metrics
+        problems += [f"At 'health.{key}': moved to 'web.{key}' (the web server serves /healthz and /metrics)"
+                     for key in ("enabled", "bind", "port", "allow_remote") if key in health]
     if problems:
         raise ConfigError(source, problems)
     effective = copy.deepcopy(data)

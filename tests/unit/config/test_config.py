@@ -207,3 +207,13 @@ def test_a_request_time_window_with_a_trailing_newline_is_refused():
     data = shipped()
     data["peers"]["pacs"]["windows"] = [{"start": "20:00\n", "end": "06:00"}]
     assert any("windows" in p for p in problems_of(data))
+
+
+def test_the_old_health_listener_keys_are_refused_with_where_they_moved() -> None:
+    from node import config as config_mod
+
+    text = "node: {ae_title: A, port: 11112}\npeers: {pacs: {ae_title: P, host: 127.0.0.1, port: 4242}}\n" \
+           "paths: {inbox: i, outbox: o, var: v}\nhealth: {port: 9200, stall_after_s: 60}\n"
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.parse(text, "old.yaml", environ={})
+    assert "At 'health.port': moved to 'web.port'" in str(caught.value)
