@@ -179,7 +179,7 @@ def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, take
     base = render_name(options.name_template, first.header)
     shapes: dict[str, list[int]] = {}
     res.details["shapes"] = shapes
-    for group in _projection_groups(groups):
+    for group in _projection_groups(groups, res.skipped):
         try:
             stack = stack_group(group, options.position_tolerance_mm, options.spacing_tolerance)
         except DATA_ERRORS as exc:
@@ -250,15 +250,22 @@ def _bvalues(stack: Stack) -> list[tuple[float, tuple[float, float, float] | Non
     return out
 
 
-def _projection_groups(groups: list[Group]) -> list[Group]:
-    """Images without patient geometry are never stacked: each becomes its own group."""
+def _projection_groups(groups: list[Group], refused: list[str] | None = None) -> list[Group]:
+    """Images without patient geometry are never stacked. Projection images (radiographs: each one a picture of
+    its own) become one file each; several cross-sectional images without a position (an MR mosaic in a layout
+    the node does not read, a vendor export that dropped the geometry) are refused with NO_POSITION: writing them
+    as a pile of unrelated 2D files would be a silent fake."""
     out: list[Group] = []
     for g in groups:
         if g.slices[0].iop is None or any(s.ipp is None for s in g.slices):
             if len(g.slices) == 1 or (len({s.path for s in g.slices}) == 1 and g.slices[0].frame is not None):
                 out.append(g)
-            else:
+            elif g.slices[0].modality in PROJECTION_MODALITIES:
                 out.extend(Group([s], f"{g.suffix}_i{s.instance_number:05d}") for s in g.slices)
+            elif refused is not None:
+                refused.append(f"NO_POSITION: {len(g.slices)} {g.slices[0].modality} images without "
+                               "ImagePositionPatient/ImageOrientationPatient cannot be stacked into a volume; "
+                               "not written (a mosaic or export layout the node does not read)")
         else:
             out.append(g)
     return out

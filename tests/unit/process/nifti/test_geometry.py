@@ -192,6 +192,20 @@ def test_a_projection_radiograph_without_geometry_is_written_2d_or_skipped(tmp_p
     assert (skipped.skipped_reason or "").startswith("PROJECTION")
 
 
+def test_several_mr_images_without_a_position_are_refused_not_written_as_a_pile_of_2d_files(tmp_path: Path) -> None:
+    datasets = make_series(STUDY, SeriesSpec(n_slices=6, rows=16, cols=16, series_description="uih_mosaic"))
+    for ds in datasets:  # a vendor layout that dropped the geometry (e.g. a UIH mosaic export)
+        del ds.ImageOrientationPatient, ds.ImagePositionPatient
+    outcome, _ = _convert(datasets, tmp_path / "mr")
+    assert outcome.files == () and outcome.error is None
+    assert (outcome.skipped_reason or "").startswith("NO_POSITION: 6 MR images without"), outcome
+    radiographs = make_series(STUDY, SeriesSpec(modality="DX", n_slices=2, rows=20, cols=20, series_description="views"))
+    for ds in radiographs:  # two views of one radiography series: each a picture of its own, written 2D each
+        del ds.ImageOrientationPatient, ds.ImagePositionPatient
+    views, _ = _convert(radiographs, tmp_path / "dx")
+    assert views.volumes == 2 and views.skipped_reason is None
+
+
 def test_npz_output_is_float32_zyx_on_the_nifti_grid(tmp_path: Path) -> None:
     datasets = make_series(STUDY, SeriesSpec(modality="CT", n_slices=5, rows=16, cols=12))
     outcome, root = _convert(datasets, tmp_path, NiftiOptions(npz=True))
