@@ -57,6 +57,9 @@ WANTED: dict[int, tuple[str, str]] = {
     0x0019100C: ("SiemensBValue", "str"),
     0x0019100E: ("SiemensGradient", "FD"),
     0x00190010: ("SiemensCreator0019", "str"),
+    # GE "image type" (0043,102F) in "GEMS_PARM_01": 0 magnitude, 1 phase, 2 real, 3 imaginary (field maps).
+    0x00430010: ("GECreator0043", "str"),
+    0x0043102F: ("GEImageKind", "SS"),
     # Philips private scale slope (2005,100E) "MRScaleSlope" in block 10 of "Philips MR Imaging DD 001" (FL).
     0x20050010: ("PhilipsCreator2005", "str"),
     0x2005100E: ("PhilipsScaleSlope", "FL"),
@@ -92,6 +95,8 @@ def read_fast(path: Path) -> dict[str, object] | None:
 def _decode(raw: bytes, kind: str) -> object:
     if kind == "US":
         return struct.unpack_from("<H", raw, 0)[0] if len(raw) >= 2 else None
+    if kind == "SS":
+        return struct.unpack_from("<h", raw, 0)[0] if len(raw) >= 2 else None
     if kind == "FL":
         return struct.unpack_from("<f", raw, 0)[0] if len(raw) >= 4 else None
     if kind == "FD":

@@ -70,6 +70,7 @@ class SliceInfo:
     photometric: str
     frame: int | None = None  # 0-based frame index inside a multi-frame file
     philips_scale_slope: float | None = None  # (2005,100E): the "precise" (floating-point) values' scale
+    ge_image_kind: int | None = None  # GE (0043,102F): 0 magnitude, 1 phase, 2 real, 3 imaginary
     pixel_offset: int | None = None  # byte offset of native pixel data, when the fast reader found it
     pixel_length: int | None = None
     mosaic_side: int = 0  # tiles per side when this record is one tile (frame) of a Siemens mosaic
@@ -156,6 +157,26 @@ def _diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | N
     if bvec is not None:
         bvec = (bvec[0], bvec[1], bvec[2])
     return bvalue, bvec
+
+
+def _ge_image_kind(ds: Values) -> int | None:
+    """GE's private image kind (0043,102F) of a field map or complex series, when its creator says it is GE's."""
+    if "GE " not in str(ds.get("Manufacturer", "")).upper() + " ":
+        return None
+    if isinstance(ds, dict):
+        value = ds.get("GEImageKind") if str(ds.get("GECreator0043", "")).strip() == "GEMS_PARM_01" else None
+    else:
+        creator = ds.get((0x0043, 0x0010))
+        elem = ds.get((0x0043, 0x102F))
+        if creator is None or str(creator.value).strip() != "GEMS_PARM_01" or elem is None:
+            return None
+        value = elem.value
+        if isinstance(value, bytes):
+            value = int(np.frombuffer(value[:2], dtype="<i2")[0]) if len(value) >= 2 else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _philips_scale_slope(ds: Values) -> float | None:
@@ -266,6 +287,7 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper(),
         frame=frame,
         philips_scale_slope=_philips_scale_slope(ds),
+        ge_image_kind=_ge_image_kind(ds),
         pixel_offset=ds.get("_pixel_offset") if isinstance(ds, dict) else None,
         pixel_length=ds.get("_pixel_length") if isinstance(ds, dict) else None,
         bits_allocated=_int(ds, "BitsAllocated") or 16,
@@ -352,7 +374,7 @@ def _round(value: float | None, digits: int) -> float | None:
 SplitRule = tuple[str, str, Callable[[SliceInfo], Hashable]]
 
 SPLIT_RULES: tuple[SplitRule, ...] = (
-    ("SPLIT_IMAGE_TYPE", "image type differs", lambda s: s.image_type),
+    ("SPLIT_IMAGE_TYPE", "image type differs", lambda s: (s.image_type, s.ge_image_kind)),
     ("SPLIT_ECHO", "echo number / echo time differs", lambda s: (s.echo_number, _round(s.echo_time, 2))),
     ("SPLIT_TR", "repetition time differs", lambda s: _round(s.repetition_time, 2)),
     ("SPLIT_FLIP_ANGLE", "flip angle differs", lambda s: _round(s.flip_angle, 2)),
@@ -368,7 +390,8 @@ _TYPE_SUFFIX = (("P", "_ph"), ("PHASE", "_ph"), ("R", "_real"), ("REAL", "_real"
                 ("IP", "_inphase"), ("IN_PHASE", "_inphase"), ("OP", "_outphase"), ("OUT_PHASE", "_outphase"))
 
 
-_ALWAYS_SUFFIX = frozenset({"_ph", "_real", "_imaginary"})
+_ALWAYS_SUFFIX = frozenset({"_ph", "_real", "_imaginary", "_phMag"})
+_GE_KIND_SUFFIX = {1: "_ph", 2: "_real", 3: "_imaginary"}
 
 
 @dataclass
@@ -396,9 +419,14 @@ def split_series(slices: Sequence[SliceInfo]) -> tuple[list[Group], list[Issue]]
     for members in groups.values():
         first = min(members, key=lambda s: s.instance_number)
         kind = next((sfx for code, sfx in _TYPE_SUFFIX if code in first.image_type[2:]), "")
+        if not kind and first.ge_image_kind in _GE_KIND_SUFFIX:  # GE field maps say it privately
+            kind = _GE_KIND_SUFFIX[first.ge_image_kind]
+            if kind == "_ph" and "M" in first.image_type[2:]:
+                kind = "_phMag"  # as dcm2niix names a GE phase image whose ImageType still says magnitude
         # Like dcm2niix, phase/real/imaginary images are named as such even when nothing else split them.
         suffix = kind if kind in _ALWAYS_SUFFIX or 0 in varying else ""
-        known_type = bool(kind) or bool({"M", "MAGNITUDE"} & set(first.image_type[2:])) or 0 not in varying
+        known_type = (bool(kind) or bool({"M", "MAGNITUDE"} & set(first.image_type[2:])) or 0 not in varying
+                      or first.ge_image_kind == 0)
         if 1 in varying:
             echo = first.echo_number
             if echo is None:

@@ -128,6 +128,18 @@ def _philips_dti_with_trace() -> list:
                                                      extra={"Manufacturer": "Philips Medical Systems"}), volumes)
 
 
+def _ge_field_map(image_type: list[str], kinds: list[int]) -> Callable[[], list]:
+    """A GE field map / complex series: the volumes differ only by GE's private image kind (0043,102F)."""
+    def build() -> list:
+        datasets = make_multivolume_series(STUDY, SeriesSpec(series_number=7, series_description="B0map", n_slices=4,
+                                                             extra={"Manufacturer": "GE MEDICAL SYSTEMS",
+                                                                    "ImageType": image_type}), [{} for _ in kinds])
+        for i, ds in enumerate(datasets):
+            ds.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x2F, "SS", kinds[i // 4])
+        return datasets
+    return build
+
+
 def _philips_scaled() -> list:
     """Philips classic MR with RescaleSlope/Intercept and the private MRScaleSlope (2005,100E)."""
     datasets = make_series(STUDY, SeriesSpec(n_slices=5, rows=12, cols=10, rescale=(2.5, -10.0),
@@ -171,6 +183,8 @@ GENERATED: dict[str, Callable[[], list]] = {
     "dwi_sagittal": lambda: _dwi("SAG"),
     "dwi_multiband_acquisition_numbers": _dwi_multiband_acquisition_numbers,
     "philips_precise_scaling": _philips_scaled,
+    "ge_field_map_complex": _ge_field_map(["ORIGINAL", "PRIMARY", "OTHER"], [0, 1, 2, 3]),
+    "ge_field_map_phase_typed_magnitude": _ge_field_map(["ORIGINAL", "PRIMARY", "M", "ND"], [0, 1]),
     "plain_mr_with_zero_b_value": _series(series_description="t1_philips",
                                           extra={"DiffusionBValue": 0.0, "Manufacturer": "Philips Medical Systems"}),
     "mprage_3d_sagittal": _series(orientation="SAG", n_slices=12, slice_spacing=1.0, series_description="mprage",
