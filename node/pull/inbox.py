@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -233,12 +234,15 @@ class Inbox:
         self._last_status: dict[int, str] = {}
         self._warned: set[str] = set()
         self._observer: Any = None
+        self._merges: ThreadPoolExecutor | None = None
         scheduler.on_change = self.request_changed
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Repair what a kill left half done, rescan at once (events may have been missed while stopped), watch."""
+        # Merged workbooks are built off the status thread: a request of thousands of studies takes minutes.
+        self._merges = ThreadPoolExecutor(1, thread_name_prefix="merged-workbook")
         self.recover()
         self._next_rescan = 0.0
         self._observer = start_observer(self.root, _Events(self))
@@ -249,6 +253,10 @@ class Inbox:
         stop_observer(self._observer)
         self._observer = None
         self._loop.stop()
+        merges, self._merges = self._merges, None
+        if merges is not None:
+            # A merge under way finishes (its file appears whole or not at all); queued ones wait for the next start.
+            merges.shutdown(wait=False, cancel_futures=True)
 
     def reload(self, config: Config) -> None:
         self.config = config
@@ -494,21 +502,40 @@ class Inbox:
                                           f"Status: {self.status_path(str(self._name(rid)))}\n")
                 fsync_dir(error_file.parent)
         self._last_status.pop(rid, None)
+        self._write_final_status(rid)
+        self._schedule_merge(rid)
+
+    def _write_final_status(self, rid: int) -> None:
         doc = status_document(self.store, rid)
-        if doc is not None:
-            merged = self._merged_workbook(rid, str(doc["request"]), doc["outputs"])
-            if merged is not None:
-                doc["merged_workbook"] = f"outbox/requests/{merged.name}"
-            _write_atomic(self.status_path(str(doc["request"])),
-                          f"{FINAL_MARK} {doc['request']}, final\n" + dump_status(doc))
+        if doc is None:
+            return
+        if "excel_merged" in doc["outputs"] and self.merged_workbook_path(str(doc["request"])).exists():
+            doc["merged_workbook"] = f"outbox/requests/{doc['request']}.xlsx"
+        _write_atomic(self.status_path(str(doc["request"])), f"{FINAL_MARK} {doc['request']}, final\n" + dump_status(doc))
 
     def merged_workbook_path(self, name: str) -> Path:
         return self.status_dir / f"{name}.xlsx"
 
-    def _merged_workbook(self, rid: int, name: str, outputs: list[str]) -> Path | None:
-        """The request's merged workbook (`excel_merged`), built once from its studies' workbooks."""
-        if "excel_merged" not in outputs:
-            return None
+    def _schedule_merge(self, rid: int) -> None:
+        """A done request that asked for `excel_merged` and has none yet gets it built (on the merge thread when
+        the inbox runs, here otherwise); the final status names it once it exists."""
+        rows = self.store.query("SELECT name, outputs, state FROM requests WHERE id=?", (rid,))
+        if not rows or rows[0][2] != R_DONE or "excel_merged" not in json.loads(rows[0][1]):
+            return
+        if self.merged_workbook_path(str(rows[0][0])).exists():
+            return
+        if self._merges is None:
+            self._merge(rid, str(rows[0][0]))
+        else:
+            self._merges.submit(self._merge, rid, str(rows[0][0]))
+
+    def _merge(self, rid: int, name: str) -> None:
+        if self._merged_workbook(rid, name) is not None:
+            with self._files_lock:
+                self._write_final_status(rid)
+
+    def _merged_workbook(self, rid: int, name: str) -> Path | None:
+        """The request's merged workbook, built once from its studies' workbooks."""
         target = self.merged_workbook_path(name)
         if target.exists():
             return target
@@ -523,7 +550,7 @@ class Inbox:
             return None
         try:
             merge_workbooks(sources, target)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - on the merge thread: logged, the request stays done without it
             log.error("Request %s: the merged workbook could not be written: %s", name, exc)
             return None
         return target
@@ -566,6 +593,8 @@ class Inbox:
             if not settled:
                 self._finish_file(rid, str(state), None)
                 log.info("Request %s: %s before a restart; its file and final status are settled now", name, state)
+            else:
+                self._schedule_merge(rid)  # a stop before its merged workbook was built
 
     def _name(self, rid: int) -> str:
         return str(self.store.query("SELECT name FROM requests WHERE id=?", (rid,))[0][0])

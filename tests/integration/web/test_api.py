@@ -407,5 +407,6 @@ def test_a_merged_workbook_stacks_every_study_of_the_request(env: Env) -> None:
     assert metadata[0][0] == summary[0][0] == "Study Folder"
     assert len(metadata) - 1 == 22 + 40 and len(summary) - 1 == 2 + 5
     assert {row[0] for row in summary[1:]} == {"WEB001_20250301_WEBACC1", "WEB002_20250302_WEBACC2"}
-    status = (env.node.config.paths.outbox / "requests" / f"{doc['request']}.status.yaml").read_text()
-    assert f"merged_workbook: outbox/requests/{doc['request']}.xlsx" in status
+    status = env.node.config.paths.outbox / "requests" / f"{doc['request']}.status.yaml"
+    line = f"merged_workbook: outbox/requests/{doc['request']}.xlsx"
+    assert wait_for(lambda: line in status.read_text(), timeout=30, what="the final status to name the workbook")

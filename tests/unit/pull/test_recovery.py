@@ -17,6 +17,7 @@ from node.process.processor import Processor
 from node.pull.inbox import Inbox
 from node.pull.scheduler import Scheduler
 from node.store.store import Store
+from tests.support.waiting import wait_for
 from toolkit.nodeproc import make_config
 
 GOOD = "studies:\n  - accession: A1\n"
@@ -186,3 +187,38 @@ def test_recovery_and_the_status_thread_finishing_the_same_request_at_once_both_
         t.join(timeout=30)
     assert errors == []
     settled(inbox, rid)
+
+
+def test_a_merged_workbook_missed_by_a_stop_is_built_at_the_next_start(make_inbox: Callable[[], Inbox]) -> None:
+    from openpyxl import Workbook, load_workbook
+
+    inbox = make_inbox()
+    rid = submitted(inbox, text="studies:\n  - accession: A1\noutputs: [excel_merged]\n")
+    folder = inbox.config.paths.outbox / "P1_20250101_A1"
+    folder.mkdir(parents=True)
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "Series_Summary"
+    sheet.append(["Series Number"])
+    sheet.append([1])
+    book.save(folder / "metadata.xlsx")
+    with inbox.store.transaction() as db:
+        db.execute("INSERT INTO studies(study_uid, first_received, last_received, state, state_changed, outbox_path)"
+                   " VALUES ('1.2.3', 0, 0, 'done', 0, ?)", (folder.name,))
+        db.execute("INSERT INTO request_studies(request_id, study_uid, state, next_attempt) VALUES (?, '1.2.3',"
+                   " 'complete', 0)", (rid,))
+    finish_in_db(inbox, rid)
+    inbox.request_changed(rid)  # not started: built inline, named in the final status
+    name = inbox.store.query("SELECT name FROM requests WHERE id=?", (rid,))[0][0]
+    merged = inbox.merged_workbook_path(name)
+    assert merged.exists() and "merged_workbook:" in inbox.status_path(name).read_text()
+    merged.unlink()  # as if the node had stopped before the merge thread got to it
+    restarted = make_inbox()
+    restarted.start()
+    try:
+        wait_for(merged.exists, timeout=30, what="the merged workbook built at start")
+        rows = list(load_workbook(merged, read_only=True)["Series_Summary"].iter_rows(values_only=True))
+        assert rows == [("Study Folder", "Series Number"), (folder.name, 1)]
+    finally:
+        restarted.stop()
