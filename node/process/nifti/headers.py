@@ -57,6 +57,12 @@ WANTED: dict[int, tuple[str, str]] = {
     0x0019100C: ("SiemensBValue", "str"),
     0x0019100E: ("SiemensGradient", "FD"),
     0x00190010: ("SiemensCreator0019", "str"),
+    # GE diffusion: b-value first of (0043,1039) (IS, may carry a 1e9 offset); gradient per axis (0019,10BB/BC/BD).
+    0x00431039: ("GEBValue", "str"),
+    0x001910BB: ("GEGradientX", "str"),
+    0x001910BC: ("GEGradientY", "str"),
+    0x001910BD: ("GEGradientZ", "str"),
+    0x00181312: ("InPlanePhaseEncodingDirection", "str"),
     # GE "image type" (0043,102F) in "GEMS_PARM_01": 0 magnitude, 1 phase, 2 real, 3 imaginary (field maps).
     0x00430010: ("GECreator0043", "str"),
     0x0043102F: ("GEImageKind", "SS"),

@@ -154,9 +154,69 @@ def _diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | N
                 bvec = _floats(np.frombuffer(raw_vec, dtype="<f8"), 3) if len(raw_vec) == 24 else None
             else:
                 bvec = _floats(raw_vec, 3)
+    if (bvalue is None or bvec is None) and "GE " in str(ds.get("Manufacturer", "")).upper() + " ":
+        ge_b, ge_vec = _ge_diffusion(ds)
+        bvalue = bvalue if bvalue is not None else ge_b
+        bvec = bvec if bvec is not None else ge_vec
     if bvec is not None:
         bvec = (bvec[0], bvec[1], bvec[2])
     return bvalue, bvec
+
+
+def _private_text(ds: Values, key: str, tag: tuple[int, int]) -> str | None:
+    """A private element's value as text ("a\\b" when multi-valued), from the fast reader's dict or pydicom."""
+    if isinstance(ds, dict):
+        value = ds.get(key)
+    else:
+        elem = ds.get(tag) if isinstance(ds, Dataset) else None
+        value = None if elem is None else elem.value
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip("\0 ")
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "__iter__"):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+# How dcm2niix reads GE's gradient (0019,10BB/BC/BD): in the image frame, with signs that depend on the slice
+# orientation (checked against Debian's dcm2niix for axial, oblique, sagittal and coronal, COL and ROW).
+_GE_SIGNS = {"AX": (-1.0, -1.0, 1.0), "SAG": (1.0, 1.0, -1.0), "COR": (-1.0, 1.0, 1.0)}
+
+
+def _ge_diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | None]:
+    """GE's private diffusion elements: the b-value (first value of (0043,1039), less a 1e9 offset some versions
+    add) and the gradient, in patient LPS. With ROW phase encoding GE swaps the in-plane axes. An unknown phase
+    encoding direction gives no gradient (not guessed)."""
+    if _private_text(ds, "GECreator0043", (0x0043, 0x0010)) not in ("GEMS_PARM_01",):
+        return None, None
+    raw_b = _private_text(ds, "GEBValue", (0x0043, 0x1039))
+    try:
+        bvalue = float(raw_b.split("\\")[0]) if raw_b else None
+    except ValueError:
+        bvalue = None
+    if bvalue is not None and bvalue >= 1e9:
+        bvalue -= 1e9
+    parts = [_private_text(ds, f"GEGradient{a}", (0x0019, t)) for a, t in (("X", 0x10BB), ("Y", 0x10BC), ("Z", 0x10BD))]
+    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    phase = str(ds.get("InPlanePhaseEncodingDirection", "") or "").strip().upper()
+    if bvalue is None or any(p is None for p in parts) or iop is None or phase not in ("ROW", "COL"):
+        return bvalue, None
+    try:
+        gx, gy, gz = (float(str(p).split("\\")[0]) for p in parts)
+    except ValueError:
+        return bvalue, None
+    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+    normal = np.cross(row, col)
+    if phase == "ROW":
+        gx, gy = gy, -gx
+    label = "AX" if abs(normal[2]) >= max(abs(normal[0]), abs(normal[1])) else (
+        "SAG" if abs(normal[0]) >= abs(normal[1]) else "COR")
+    sx, sy, sz = _GE_SIGNS[label]
+    lps = sx * gx * row + sy * gy * col + sz * gz * normal
+    return bvalue, (float(lps[0]), float(lps[1]), float(lps[2]))
 
 
 def _ge_image_kind(ds: Values) -> int | None:

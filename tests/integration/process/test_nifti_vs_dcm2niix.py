@@ -317,6 +317,34 @@ def test_a_philips_trace_volume_leaves_the_dwi_4d_and_is_written_apart(dcm2niix:
     assert not (tmp_path / "study" / "nifti" / "13_dti_trace_ADC.bval").exists()
 
 
+@pytest.mark.parametrize("phase", ["COL", "ROW"])
+@pytest.mark.parametrize("orientation", ["AX", "SAG", "COR", "oblique"])
+def test_ge_private_diffusion_tags_give_the_bvals_and_bvecs_dcm2niix_gives(dcm2niix: str, tmp_path: Path,
+                                                                          phase: str, orientation: str) -> None:
+    # GE keeps the b-value in (0043,1039) (first value; some versions add 1e9) and the gradient in
+    # (0019,10BB/BC/BD), in the image frame: nothing in the standard diffusion attributes.
+    vecs = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.36, 0.48, 0.8)]
+    iop = oblique_iop(20, "x") if orientation == "oblique" else orientation
+    datasets = make_multivolume_series(STUDY, SeriesSpec(series_number=15, series_description="ge_dti", n_slices=4,
+                                                         orientation=iop,
+                                                         extra={"Manufacturer": "GE MEDICAL SYSTEMS",
+                                                                "InPlanePhaseEncodingDirection": phase}),
+                                       [{} for _ in vecs])
+    for i, ds in enumerate(datasets):
+        v = i // 4
+        b = 0 if v == 0 else 1000 + (1_000_000_000 if v == 4 else 0)
+        ds.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x39, "IS", [b, 8, 0, 0])
+        block = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+        for element, value in zip((0xBB, 0xBC, 0xBD), vecs[v], strict=True):
+            block.add_new(element, "DS", str(value))
+    files = write_datasets(datasets, tmp_path / "src")
+    theirs, ours = compare(dcm2niix, files, tmp_path)
+    assert ours[0].with_suffix(".bval").read_text().split() == ["0", "1000", "1000", "1000", "1000"]
+    for ext in (".bval", ".bvec"):
+        np.testing.assert_allclose(np.loadtxt(ours[0].with_suffix(ext)), np.loadtxt(theirs[0].with_suffix(ext)),
+                                   atol=1e-5, err_msg=ext)
+
+
 def test_canon_b0_volumes_without_a_b_value_count_as_b0_and_the_series_keeps_its_bvals(dcm2niix: str,
                                                                                        tmp_path: Path) -> None:
     # Canon/Toshiba store no diffusion attribute on their b0 images. Debian's dcm2niix then writes no bval/bvec
