@@ -13,7 +13,7 @@ from node.dicom import facts
 from node.process.outputs import SeriesOutcome
 from node.process.qc import QcConfig, geometry_flags
 from node.process.workbook.scan import ROW_FLAGS
-from node.process.workbook.writer import Column
+from node.process.workbook.writer import LINK, Column
 
 SERIES_COLUMNS: tuple[Column, ...] = (
     Column("Series Number", "SeriesNumber", "IS"),
@@ -33,7 +33,7 @@ SERIES_COLUMNS: tuple[Column, ...] = (
     Column("Positions", "Positions"),
     Column("Frames", "Frames"),
     Column("Volumes", "Volumes"),
-    Column("NIfTI Files", "NiftiFiles"),
+    Column("NIfTI Files", "NiftiFiles", LINK),
     Column("NIfTI Status", "NiftiStatus"),
     Column("Warnings", "Warnings"),
     Column("Reasons", "Reasons"),
@@ -41,7 +41,7 @@ SERIES_COLUMNS: tuple[Column, ...] = (
     Column("Accession Number", "AccessionNumber", "SH"),
     Column("Study Date", "StudyDate", "DA"),
     Column("File Count", "FileCount"),
-    Column("Previews", "Previews"),
+    Column("Previews", "Previews", LINK),
     Column("Low Quality", "Low_quality"),
     Column("Low Quality Reason", "Low_quality_reason"),
 )

@@ -192,6 +192,19 @@ def _to_cells(ws: WriteOnlyWorksheet, values: Iterable[object]) -> list[object]:
     return out
 
 
+LINK = "LINK"  # a Column "VR" for relative paths of output files: the cell links to the first one
+
+
+def _linked(ws: WriteOnlyWorksheet, value: object) -> object:
+    """A cell of relative output paths ("previews/1_t1.png; ...") that opens the first one when clicked."""
+    if not isinstance(value, str) or not value or value.startswith(("/", "\\")) or ":" in value.split(";")[0]:
+        return value  # only relative paths inside the study folder become links
+    cell = WriteOnlyCell(ws, value=value)
+    cell.hyperlink = value.split(";")[0].strip()
+    cell.style = "Hyperlink"
+    return cell
+
+
 def _write_sheet(wb: Workbook, name: str, columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> None:
     ws = wb.create_sheet(title=name)
     for i, width in enumerate(_column_widths(columns, rows), start=1):
@@ -200,8 +213,12 @@ def _write_sheet(wb: Workbook, name: str, columns: Sequence[Column], rows: Seque
     if columns:
         ws.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{len(rows) + 1}"
     ws.append([escape_illegal(c.name) for c in columns])
+    links = [i for i, c in enumerate(columns) if c.vr == LINK]
     for row in rows:
-        ws.append(_to_cells(ws, row))
+        cells = _to_cells(ws, row)
+        for i in links:
+            cells[i] = _linked(ws, cells[i])
+        ws.append(cells)
 
 
 def write_workbook(path: Path, tables: Sequence[Table], *, max_rows: int = EXCEL_MAX_ROWS) -> tuple[dict[str, int], list[str]]:

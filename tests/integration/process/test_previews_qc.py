@@ -74,6 +74,10 @@ def test_each_volume_gets_a_preview_listed_in_the_manifest_workbook_and_qc_repor
     assert by_desc["ct_thin"]["Patient ID"] == study.patient_id
     assert by_desc["ct_thin"]["Accession Number"] == study.accession
     assert by_desc["ct_thin"]["Study Date"].strftime("%Y%m%d") == study.study_date  # a DA cell is an Excel date
+    linked = load_workbook(folder / "metadata.xlsx")["Series_Summary"]  # not read_only: hyperlinks
+    links = {c.value: c.hyperlink.target for row in linked.iter_rows() for c in row if c.hyperlink is not None}
+    assert links["previews/1_ct_thin.png"] == "previews/1_ct_thin.png"  # the preview opens from the workbook
+    assert links["nifti/1_ct_thin.nii.gz; nifti/1_ct_thin.json"] == "nifti/1_ct_thin.nii.gz"
     report = (folder / "qc_report.html").read_text()
     assert 'src="previews/1_ct_thin.png"' in report and "MISSING_SLICES" in report and "1 flagged" in report
 
