@@ -453,7 +453,7 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
         itk_dir[:, 2] = stack.normal
         itk_spacing[2] = stack.slice_spacing
     if data.ndim == 4:
-        tr = (first.repetition_time or 0.0) / 1000.0
+        tr = (first.repetition_time or 0.0) / 1000.0 + first.ge_group_delay
         vols = [_image(sitk, data[t], itk_dir, itk_spacing, origin) for t in range(data.shape[0])]
         img = sitk.JoinSeries(vols, 0.0, tr if tr > 0 else 1.0)
     else:
@@ -473,6 +473,9 @@ def _write_stack(stack: Stack, out_dir: Path, name: str, options: NiftiOptions, 
         iop = first.iop
         meta = sidecar.build_sidecar(first.header, iop=iop, slice_spacing=float(spacing[2]), extra=extra,
                                      n_slices=len(stack.volumes[0]))
+        if first.ge_group_delay and first.repetition_time:
+            # GE group delay: the volumes are TR + delay apart, and that is the TR a user needs (as dcm2niix).
+            meta["RepetitionTime"] = round(first.repetition_time / 1000.0 + first.ge_group_delay, 9)
         # Enhanced multi-frame files keep TR, TE and flip angle in functional groups, not at the top level.
         for key, value, scale in (("RepetitionTime", first.repetition_time, 1000.0), ("EchoTime", first.echo_time, 1000.0),
                                   ("FlipAngle", first.flip_angle, 1.0)):

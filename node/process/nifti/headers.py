@@ -66,6 +66,7 @@ WANTED: dict[int, tuple[str, str]] = {
     # GE "image type" (0043,102F) in "GEMS_PARM_01": 0 magnitude, 1 phase, 2 real, 3 imaginary (field maps).
     0x00430010: ("GECreator0043", "str"),
     0x0043102F: ("GEImageKind", "SS"),
+    0x0043107C: ("GEGroupDelay", "FL"),  # seconds added to TR between volumes (epiRT group delay)
     # Philips private scale slope (2005,100E) "MRScaleSlope" in block 10 of "Philips MR Imaging DD 001" (FL).
     0x20050010: ("PhilipsCreator2005", "str"),
     0x2005100E: ("PhilipsScaleSlope", "FL"),

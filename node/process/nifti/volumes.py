@@ -71,6 +71,7 @@ class SliceInfo:
     frame: int | None = None  # 0-based frame index inside a multi-frame file
     philips_scale_slope: float | None = None  # (2005,100E): the "precise" (floating-point) values' scale
     ge_image_kind: int | None = None  # GE (0043,102F): 0 magnitude, 1 phase, 2 real, 3 imaginary
+    ge_group_delay: float = 0.0  # GE (0043,107C), seconds between volumes on top of RepetitionTime
     pixel_offset: int | None = None  # byte offset of native pixel data, when the fast reader found it
     pixel_length: int | None = None
     mosaic_side: int = 0  # tiles per side when this record is one tile (frame) of a Siemens mosaic
@@ -239,6 +240,26 @@ def _ge_image_kind(ds: Values) -> int | None:
         return None
 
 
+def _ge_group_delay(ds: Values) -> float:
+    """GE's group delay (0043,107C, seconds): volumes of such a series are TR + delay apart (dcm2niix adds it)."""
+    if "GE " not in str(ds.get("Manufacturer", "")).upper() + " ":
+        return 0.0
+    if _private_text(ds, "GECreator0043", (0x0043, 0x0010)) != "GEMS_PARM_01":
+        return 0.0
+    if isinstance(ds, dict):
+        value: Any = ds.get("GEGroupDelay")
+    else:
+        elem = ds.get((0x0043, 0x107C)) if isinstance(ds, Dataset) else None
+        value = None if elem is None else elem.value
+        if isinstance(value, bytes):
+            value = float(np.frombuffer(value[:4], dtype="<f4")[0]) if len(value) >= 4 else None
+    try:
+        delay = float(value) if value is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+    return delay if np.isfinite(delay) and 0 < delay < 60 else 0.0
+
+
 def _philips_scale_slope(ds: Values) -> float | None:
     """Philips' private MRScaleSlope (2005,100E) of a classic image, when its private creator says it is one."""
     if "PHILIPS" not in str(ds.get("Manufacturer", "")).upper():
@@ -348,6 +369,7 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         frame=frame,
         philips_scale_slope=_philips_scale_slope(ds),
         ge_image_kind=_ge_image_kind(ds),
+        ge_group_delay=_ge_group_delay(ds),
         pixel_offset=ds.get("_pixel_offset") if isinstance(ds, dict) else None,
         pixel_length=ds.get("_pixel_length") if isinstance(ds, dict) else None,
         bits_allocated=_int(ds, "BitsAllocated") or 16,

@@ -345,6 +345,21 @@ def test_ge_private_diffusion_tags_give_the_bvals_and_bvecs_dcm2niix_gives(dcm2n
                                    atol=1e-5, err_msg=ext)
 
 
+def test_a_ge_group_delay_series_gets_the_true_volume_spacing_as_tr(dcm2niix: str, tmp_path: Path) -> None:
+    import json
+
+    datasets = make_multivolume_series(STUDY, SeriesSpec(series_number=16, series_description="fmri_epirt", n_slices=4,
+                                                         extra={"Manufacturer": "GE MEDICAL SYSTEMS",
+                                                                "RepetitionTime": 2000.0}),
+                                       [{"TemporalPositionIdentifier": t + 1} for t in range(3)])
+    for ds in datasets:
+        ds.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x7C, "FL", 0.5)  # group delay, s
+    theirs, ours = compare(dcm2niix, write_datasets(datasets, tmp_path / "src"), tmp_path)
+    assert _nii(ours[0]).header.get_zooms()[3] == _nii(theirs[0]).header.get_zooms()[3] == np.float32(2.5)
+    ref = json.loads(theirs[0].with_suffix(".json").read_text())["RepetitionTime"]
+    assert json.loads(ours[0].with_suffix(".json").read_text())["RepetitionTime"] == ref == 2.5
+
+
 def test_canon_b0_volumes_without_a_b_value_count_as_b0_and_the_series_keeps_its_bvals(dcm2niix: str,
                                                                                        tmp_path: Path) -> None:
     # Canon/Toshiba store no diffusion attribute on their b0 images. Debian's dcm2niix then writes no bval/bvec
