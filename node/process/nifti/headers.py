@@ -57,6 +57,10 @@ WANTED: dict[int, tuple[str, str]] = {
     0x0019100C: ("SiemensBValue", "str"),
     0x0019100E: ("SiemensGradient", "FD"),
     0x00190010: ("SiemensCreator0019", "str"),
+    # Siemens mosaics: the tile count (0019,100A) and the CSA image header (0029,1010) with the slice normal.
+    0x0019100A: ("SiemensMosaicCount", "US"),
+    0x00290010: ("SiemensCreator0029", "str"),
+    0x00291010: ("SiemensCSAImageHeader", "raw"),
     # GE diffusion: b-value first of (0043,1039) (IS, may carry a 1e9 offset); gradient per axis (0019,10BB/BC/BD).
     0x00431039: ("GEBValue", "str"),
     0x001910BB: ("GEGradientX", "str"),
@@ -100,6 +104,8 @@ def read_fast(path: Path) -> dict[str, object] | None:
 
 
 def _decode(raw: bytes, kind: str) -> object:
+    if kind == "raw":
+        return bytes(raw)
     if kind == "US":
         return struct.unpack_from("<H", raw, 0)[0] if len(raw) >= 2 else None
     if kind == "SS":

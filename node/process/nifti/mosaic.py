@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -39,20 +40,27 @@ def parse_csa(raw: bytes) -> dict[str, list[str]]:
     return out
 
 
-def mosaic_layout(ds: Dataset) -> tuple[int, int, np.ndarray | None]:
-    """(images in the mosaic, tiles per side, CSA SliceNormalVector or None). Raises ValueError when unknown."""
+def mosaic_layout(ds: Dataset | dict[str, Any]) -> tuple[int, int, np.ndarray | None]:
+    """(images in the mosaic, tiles per side, CSA SliceNormalVector or None). Raises ValueError when unknown.
+
+    ds is a pydicom header or the fast reader's dict (node/process/nifti/headers.py)."""
     csa: dict[str, list[str]] = {}
-    elem = ds.get(CSA_IMAGE_HEADER)
-    if elem is not None and isinstance(elem.value, bytes):
-        csa = parse_csa(elem.value)
+    if isinstance(ds, dict):
+        raw_csa = ds.get("SiemensCSAImageHeader") if ds.get("SiemensCreator0029") == "SIEMENS CSA HEADER" else None
+        private_count = ds.get("SiemensMosaicCount") if ds.get("SiemensCreator0019") == "SIEMENS MR HEADER" else None
+    else:
+        elem = ds.get(CSA_IMAGE_HEADER)
+        raw_csa = elem.value if elem is not None else None
+        private = ds.get(NUMBER_OF_IMAGES_IN_MOSAIC)
+        private_count = private.value if private is not None else None
+    if isinstance(raw_csa, bytes) and raw_csa:
+        csa = parse_csa(raw_csa)
     count: int | None = None
     if csa.get("NumberOfImagesInMosaic"):
         count = int(float(csa["NumberOfImagesInMosaic"][0]))
-    else:
-        private = ds.get(NUMBER_OF_IMAGES_IN_MOSAIC)
-        if private is not None and private.value not in (None, b"", ""):
-            value = private.value
-            count = struct.unpack("<H", value[:2])[0] if isinstance(value, bytes) else int(value)
+    elif private_count not in (None, b"", ""):
+        value = private_count
+        count = struct.unpack("<H", value[:2])[0] if isinstance(value, bytes) else int(value)
     if not count or count < 1:
         raise ValueError("mosaic without NumberOfImagesInMosaic")
     normal = None

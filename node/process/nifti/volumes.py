@@ -292,9 +292,11 @@ class NotAnImage(ValueError):
 def read_header(path: Path) -> list[SliceInfo]:
     """Read one file's header (no pixel data); one SliceInfo per frame. Raises for unreadable/non-image files."""
     fast = read_fast(path)
-    if (fast is not None and "Rows" in fast and "Columns" in fast and int(str(fast.get("NumberOfFrames", 1))) <= 1
-            and "MOSAIC" not in str(fast.get("ImageType", "")).upper()):
-        return [_slice(path, fast, fast, None)]
+    if fast is not None and "Rows" in fast and "Columns" in fast and int(str(fast.get("NumberOfFrames", 1))) <= 1:
+        if "MOSAIC" not in str(fast.get("ImageType", "")).upper():
+            return [_slice(path, fast, fast, None)]
+        if fast.get("SiemensCreator0029") == "SIEMENS CSA HEADER" and fast.get("SiemensCSAImageHeader"):
+            return _mosaic(path, fast)  # the CSA header came with the fast read: no pydicom parse per file
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     if "Rows" not in ds or "Columns" not in ds:
         raise NotAnImage(str(ds.get("Modality") or "") or "no Rows/Columns")
@@ -306,7 +308,7 @@ def read_header(path: Path) -> list[SliceInfo]:
     return [_slice(path, ds, ds, None)]
 
 
-def _mosaic(path: Path, ds: Dataset) -> list[SliceInfo]:
+def _mosaic(path: Path, ds: Values) -> list[SliceInfo]:
     """Cut a Siemens mosaic into per-tile records placed where each slice really is.
 
     ImagePositionPatient of a mosaic is the corner of the whole tiled image: the first slice sits half the
