@@ -435,14 +435,15 @@ class Inbox:
 
     def _refuse(self, path: Path, problems: list[str], safe: str | None = None) -> None:
         target = _unique(self.root / FAILED_DIR, safe or _safe_name(path.name))
-        os.replace(path, target)
         when = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
         shown = problems[:50] + ([f"... and {len(problems) - 50} more problem(s)"] if len(problems) > 50 else [])
         renamed = f" (filed as {target.name})" if target.name != path.name else ""
         text = (f"Request file {_printable(path.name)}{renamed} was refused ({when}), {len(problems)} problem(s):\n"
                 + "".join(f"  {_capped(p, 500)}\n" for p in shown)
                 + "\nNothing was run. Fix the file and drop it into the inbox again.\n")
+        # The reason first, then the file: whoever sees a refused file in failed/ finds its reason beside it.
         _write_atomic(target.with_name(target.name + ".error.txt"), _capped(text, 64_000))
+        os.replace(path, target)
         fsync_dir(target.parent)
         log.warning("Request file %s refused: %s", _printable(path.name), _capped("; ".join(problems), 2000))
 
