@@ -143,7 +143,7 @@ def test_a_coordinator_logs_in_searches_asks_watches_progress_and_downloads_the_
             # The study row appeared while the page was open (found by the C-FIND after the page was drawn).
             study_row = b.find_element(By.ID, f"study-{b.current_url.rsplit('/', 1)[1]}-{spec.study_uid.replace('.', '_')}")
             assert "BRWACC1" in study_row.text and "done" in study_row.text
-            assert "Finished done" in b.find_element(By.ID, "cancel-form").text  # no cancel button on a done request
+            assert "Finished: done" in b.find_element(By.ID, "cancel-form").text  # no cancel button on a done request
             assert b.find_element(By.CSS_SELECTOR, "td[id^=query-]").text == "found"
             assert b.execute_script("return window.__sameDocument === true;"), "the page was reloaded"
             assert seen[-1] == 1.0 and any(0 < v < 1 for v in seen), seen
