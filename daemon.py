@@ -150,17 +150,17 @@ def _cmd_status(cfg: Config, echo_peers: bool) -> int:
 def _cmd_cancel(cfg: Config, which: str) -> int:
     import getpass
 
-    from node.pull.scheduler import cancel_request
+    from node.pull.scheduler import cancel_request, find_request
     from node.store.store import Store
 
     store = Store(cfg.paths)
     try:
-        rows = store.query("SELECT id, name, state FROM requests WHERE name=? OR CAST(id AS TEXT)=?", (which, which))
-        if not rows:
+        found = find_request(store, which)
+        if found is None:
             sys.stderr.write(f"No request named {which!r}\n")
             return EXIT_FAILURE
-        rid, name, state = rows[0]
-        if not cancel_request(store, int(rid), f"{getpass.getuser()} (command line)"):
+        rid, name, state = found
+        if not cancel_request(store, rid, f"{getpass.getuser()} (command line)"):
             sys.stderr.write(f"Request {name} is {state} (or already cancelled): nothing to cancel\n")
             return EXIT_FAILURE
     finally:

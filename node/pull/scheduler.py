@@ -134,6 +134,18 @@ def recent_requests(store: Store, last: int) -> list[int]:
     return [int(r) for (r,) in store.query("SELECT id FROM requests ORDER BY id DESC LIMIT ?", (last,))]
 
 
+def request_file(store: Store, rid: int) -> tuple[str, str, str, str] | None:
+    """(name, file name, file location, state) of one request, or None."""
+    rows = store.query("SELECT name, file_name, file_location, state FROM requests WHERE id=?", (rid,))
+    return (str(rows[0][0]), str(rows[0][1]), str(rows[0][2]), str(rows[0][3])) if rows else None
+
+
+def find_request(store: Store, which: str) -> tuple[int, str, str] | None:
+    """(id, name, state) of the request named `which`, or numbered `which`; None when there is none."""
+    rows = store.query("SELECT id, name, state FROM requests WHERE name=? OR CAST(id AS TEXT)=?", (which, which))
+    return (int(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
+
+
 def recent_request_problems(store: Store, last: int) -> list[tuple[str, str]]:
     """(when, what) of the last failed requests and of the items waiting to retry after a failure, newest first."""
     rows: list[tuple[float, str]] = []

@@ -210,6 +210,48 @@ def awaiting_processing(store: Store) -> list[Interrupted]:
     return [Interrupted(str(u), int(v), p, bool(i), str(r or "")) for u, v, p, i, r in rows]
 
 
+@dataclass(frozen=True)
+class StudyRecord:
+    """One study as the index knows it (what the web pages list and show)."""
+
+    study_uid: str
+    patient_id: str | None
+    accession: str | None
+    study_date: str | None
+    instances: int
+    state: str
+    reason: str | None
+    outbox_path: str | None
+    may_be_incomplete: bool
+    last_received: float
+
+
+_RECORD = ("SELECT study_uid, patient_id, accession, study_date, n_instances, state, reason, outbox_path,"
+           " may_be_incomplete, last_received FROM studies")
+
+
+def _record(row: tuple[Any, ...]) -> StudyRecord:
+    u, p, a, d, n, st, r, o, inc, t = row
+    return StudyRecord(str(u), p, a, d, int(n), str(st), r, o, bool(inc), float(t))
+
+
+def recent_studies(store: Store, limit: int) -> list[StudyRecord]:
+    """The studies last received into, newest first."""
+    return [_record(r) for r in store.query(_RECORD + " ORDER BY last_received DESC LIMIT ?", (limit,))]
+
+
+def study_record(store: Store, study_uid: str) -> StudyRecord | None:
+    rows = store.query(_RECORD + " WHERE study_uid=?", (study_uid,))
+    return _record(rows[0]) if rows else None
+
+
+def series_counts(store: Store, study_uid: str) -> list[tuple[str, int]]:
+    """(series UID, instances held) of one study, by series UID."""
+    return [(str(u), int(c)) for u, c in store.query(
+        "SELECT series_uid, COUNT(*) FROM instances WHERE study_uid=? GROUP BY series_uid ORDER BY series_uid",
+        (study_uid,))]
+
+
 def state_of(store: Store, study_uid: str) -> str | None:
     rows = store.query("SELECT state FROM studies WHERE study_uid=?", (study_uid,))
     return str(rows[0][0]) if rows else None
