@@ -257,7 +257,8 @@ def _valid_date(text: str) -> bool:
     return True
 
 
-def _date_problem(value: str) -> str | None:
+def date_problem(value: str) -> str | None:
+    """Why value is not a DICOM date or date range (the request files' and the web search's rule), or None."""
     m = _DATE_RANGE.fullmatch(value)
     if not value or not m or (m.group(1) is None and m.group(3) is None) or (m.group(2) is None and m.group(3)):
         return f"{value!r} is not YYYYMMDD, YYYYMMDD-YYYYMMDD, YYYYMMDD- or -YYYYMMDD"
@@ -297,7 +298,7 @@ def validate(data: Any, name: str, sha256: str, peers: Sequence[str]) -> Request
         if study_date is not None:
             # YAML dates (2025-01-31), alone or on either side of a range, are accepted as DICOM dates.
             study_date = _ISO_DATE.sub(r"\1\2\3", str(study_date).strip())
-            problem = _date_problem(study_date)
+            problem = date_problem(study_date)
             if problem:
                 problems.append(f"At 'studies[{i}].study_date': {problem}")
         for alone in ("accession", "study_uid"):

@@ -18,18 +18,18 @@ from typing import Any
 import yaml
 
 from node.config import Config
+from node.dicom.validators import is_storable_uid
 from node.pull import findsplit, scu
 from node.pull.inbox import ACTIVE, DONE, FAILED_DIR, Inbox, status_document
-from node.pull.requests import RequestError
-from node.pull.scheduler import R_FAILED, Scheduler, address_of, settings_for
+from node.pull.requests import RequestError, date_problem
+from node.pull.scheduler import R_FAILED, Scheduler, address_of, recent_requests, request_file, settings_for
 from node.pull.scu import ScuError
+from node.store import state as study_state
 from node.store.store import Store
 
 log = logging.getLogger(__name__)
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _QUERY_TEXT = re.compile(r"^[^\\\x00-\x1f]{0,64}$")
-_DATE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
 _MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
 _PREVIEW = re.compile(r"^previews/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.png$")
 
@@ -60,12 +60,9 @@ class ServiceError(Exception):
         self.problems = problems or []
 
 
-def is_uid(text: str) -> bool:
-    return len(text) <= 64 and bool(_UID.match(text))
-
-
 def check_uid(text: str, what: str = "study") -> str:
-    if not is_uid(text):
+    """A UID from a URL, checked as the store checks the UIDs it files by (leading zeros of old equipment pass)."""
+    if not is_storable_uid(text):
         raise ServiceError(404, f"no {what} {text[:80]!r}: not a DICOM UID")
     return text
 
@@ -108,8 +105,8 @@ def search_studies(config: Config, params: dict[str, str], peer_name: str | None
             continue
         if not _QUERY_TEXT.match(value):
             problems.append(f"{key}: at most 64 characters, no backslash or control characters")
-        elif key == "study_date" and not _DATE.match(value):
-            problems.append(f"study_date: {value!r} is not a date or range like 20250101-20250131")
+        elif key == "study_date" and (why := date_problem(value)):
+            problems.append(f"study_date: {value!r} is not a date or range like 20250101-20250131 ({why})")
         elif key == "modality" and not _MODALITY.match(value):
             problems.append(f"modality: {value!r} is not a modality code like MR or CT")
         elif key != "patient_name" and ("*" in value or "?" in value):
@@ -201,10 +198,10 @@ class Actions:
 
     def retry(self, rid: int, user: str) -> int:
         """A failed request runs again as a new request (same content, a line saying whose retry it is)."""
-        rows = self.store.query("SELECT name, file_name, file_location, state FROM requests WHERE id=?", (rid,))
-        if not rows:
+        found = request_file(self.store, rid)
+        if found is None:
             raise ServiceError(404, f"no request {rid}")
-        name, file_name, location, state = rows[0]
+        name, file_name, location, state = found
         if state != R_FAILED:
             raise ServiceError(409, f"request {name} is {state}: only a failed request can be retried")
         if location not in (FAILED_DIR, ACTIVE, DONE):
@@ -226,12 +223,11 @@ class Actions:
 
 
 def list_requests(store: Store, limit: int = 100) -> list[dict[str, Any]]:
-    rows = store.query("SELECT id FROM requests ORDER BY id DESC LIMIT ?", (limit,))
     out = []
-    for (rid,) in rows:
-        doc = status_document(store, int(rid))
+    for rid in recent_requests(store, limit):
+        doc = status_document(store, rid)
         if doc is not None:
-            out.append(with_progress(int(rid), doc))
+            out.append(with_progress(rid, doc))
     return out
 
 
@@ -273,20 +269,25 @@ def study_progress(study: dict[str, Any]) -> float:
 
 
 def list_studies(store: Store, limit: int = 500) -> list[dict[str, Any]]:
-    rows = store.query(
-        "SELECT study_uid, patient_id, accession, study_date, n_instances, state, reason, outbox_path, last_received"
-        " FROM studies ORDER BY last_received DESC LIMIT ?", (limit,))
-    return [{"study_uid": u, "patient_id": p, "accession": a, "study_date": d, "instances": n, "state": st,
-             "reason": r, "outbox": o, "last_received": datetime.fromtimestamp(float(t), UTC).isoformat(timespec="seconds")}
-            for u, p, a, d, n, st, r, o, t in rows]
+    return [{"study_uid": r.study_uid, "patient_id": r.patient_id, "accession": r.accession, "study_date": r.study_date,
+             "instances": r.instances, "state": r.state, "reason": r.reason, "outbox": r.outbox_path,
+             "last_received": datetime.fromtimestamp(r.last_received, UTC).isoformat(timespec="seconds")}
+            for r in study_state.recent_studies(store, limit)]
+
+
+def _record(store: Store, study_uid: str) -> study_state.StudyRecord:
+    record = study_state.study_record(store, check_uid(study_uid))
+    if record is None:
+        raise ServiceError(404, f"no study {study_uid} on this node")
+    return record
 
 
 def study_folder(store: Store, outbox: Path, study_uid: str) -> Path | None:
     """The study's published outbox folder (inside outbox/, by the node's own record), or None."""
-    rows = store.query("SELECT outbox_path FROM studies WHERE study_uid=?", (check_uid(study_uid),))
-    if not rows:
-        raise ServiceError(404, f"no study {study_uid} on this node")
-    name = rows[0][0]
+    return _published(outbox, _record(store, study_uid).outbox_path)
+
+
+def _published(outbox: Path, name: str | None) -> Path | None:
     if not name:
         return None
     folder = (outbox / str(name)).resolve()
@@ -297,21 +298,14 @@ def study_folder(store: Store, outbox: Path, study_uid: str) -> Path | None:
 
 
 def study_detail(store: Store, outbox: Path, study_uid: str) -> dict[str, Any]:
-    rows = store.query(
-        "SELECT patient_id, accession, study_date, n_instances, state, reason, outbox_path, may_be_incomplete"
-        " FROM studies WHERE study_uid=?", (check_uid(study_uid),))
-    if not rows:
-        raise ServiceError(404, f"no study {study_uid} on this node")
-    patient_id, accession, study_date, n, state, reason, outbox_path, incomplete = rows[0]
-    series_rows = store.query(
-        "SELECT series_uid, COUNT(*) FROM instances WHERE study_uid=? GROUP BY series_uid ORDER BY series_uid",
-        (study_uid,))
-    doc: dict[str, Any] = {"study_uid": study_uid, "patient_id": patient_id, "accession": accession,
-                           "study_date": study_date, "instances": n, "state": state, "reason": reason,
-                           "may_be_incomplete": bool(incomplete), "outbox": outbox_path,
-                           "series": [{"series_uid": u, "instances": c} for u, c in series_rows],
+    r = _record(store, study_uid)
+    doc: dict[str, Any] = {"study_uid": r.study_uid, "patient_id": r.patient_id, "accession": r.accession,
+                           "study_date": r.study_date, "instances": r.instances, "state": r.state, "reason": r.reason,
+                           "may_be_incomplete": r.may_be_incomplete, "outbox": r.outbox_path,
+                           "series": [{"series_uid": u, "instances": c}
+                                      for u, c in study_state.series_counts(store, r.study_uid)],
                            "warnings": [], "files": [], "mr_cleaned": []}
-    folder = study_folder(store, outbox, study_uid)
+    folder = _published(outbox, r.outbox_path)
     if folder is None:
         return doc
     try:
@@ -374,24 +368,15 @@ def _mr_cleaned(workbook: Path) -> list[dict[str, Any]]:
 
 
 def node_status(config: Config, store: Store, checks: dict[str, tuple[bool, str]], echo: bool) -> dict[str, Any]:
-    """Listener, peers (with C-ECHO when asked), disk, queue and the last errors."""
-    from node.pull.scheduler import recent_request_problems, request_counts
-    from node.store import state as study_state
+    """Listener, peers (with C-ECHO when asked), disk, queue and the last errors (as `daemon.py status`)."""
+    from node.ops.status import last_errors, peer_echoes
+    from node.pull.scheduler import request_counts
 
-    peers = []
-    for name, p in config.peers.items():
-        entry: dict[str, Any] = {"name": name, "ae_title": p.ae_title, "host": p.host, "port": p.port}
-        if echo:
-            settings = scu.ScuSettings(calling_ae=config.node.ae_title, acse_timeout=3, dimse_timeout=3, network_timeout=3)
-            result = scu.echo(scu.PeerAddress(p.ae_title, p.host, p.port), settings)
-            entry["reachable"] = result.ok
-            entry["detail"] = f"{result.seconds * 1000:.0f} ms" if result.ok else str(result.error)
-        peers.append(entry)
-    errors = [{"when": w, "what": t} for w, t in recent_request_problems(store, 10)]
-    errors += [{"when": w, "what": f"study {u} failed: {r}"} for w, u, r in study_state.recent_failures(store, 10)]
-    errors += [{"when": w, "what": f"a dataset from {ae or '?'} was quarantined: {r}"}
-               for w, ae, r in store.recent_quarantine(10)]
-    errors.sort(key=lambda e: str(e["when"]), reverse=True)
+    if echo:
+        peers: list[dict[str, Any]] = [{"name": p.name, "ae_title": p.ae_title, "host": p.host, "port": p.port,
+                                        "reachable": p.ok, "detail": p.detail} for p in peer_echoes(config)]
+    else:
+        peers = [{"name": n, "ae_title": p.ae_title, "host": p.host, "port": p.port} for n, p in config.peers.items()]
     return {
         "node": {"ae_title": config.node.ae_title, "bind": config.node.bind, "port": config.node.port},
         "healthy": all(ok for ok, _ in checks.values()),
@@ -399,7 +384,7 @@ def node_status(config: Config, store: Store, checks: dict[str, tuple[bool, str]
         "peers": peers,
         "requests": request_counts(store),
         "studies": study_state.counts(store),
-        "last_errors": errors[:15],
+        "last_errors": [{"when": w, "what": t} for w, t in last_errors(store, 10)[:15]],
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
