@@ -290,13 +290,6 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
 
     @property
-    def qc(self) -> Any:
-        """The `qc:` section as node.process.qc.QcConfig (built on use: the config package stays free of numpy)."""
-        from node.process.qc import QcConfig
-
-        return QcConfig.from_section(self.effective.get("qc", {}))
-
-    @property
     def users_file(self) -> Path:
         return self.web.users_file or self.paths.var / "web" / "users.json"
 

@@ -476,7 +476,7 @@ class Processor:
             folder=folder,
             outputs=self._outputs_for(study_uid),
             nifti_options=self.config.nifti,
-            qc=self.config.qc,
+            qc=QcConfig.from_section(self.config.effective.get("qc", {})),
             workbook_headers=self.config.processing.workbook_headers,
             metadata_rows=self.config.processing.metadata_rows,
             templates_dir=str(p.templates_dir) if p.templates_dir else None,
