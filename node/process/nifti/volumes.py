@@ -18,8 +18,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.dicom import facts
-from node.process.nifti.headers import PHILIPS_MR_IMAGING, SIEMENS_MR_HEADER, read_fast
+from node.process.nifti import vendor
+from node.process.nifti.headers import read_fast
 from node.process.nifti.mosaic import mosaic_layout
+from node.process.nifti.values import Values
+from node.process.nifti.values import as_int as _int
+from node.process.nifti.values import floats as _floats
+from node.process.nifti.values import num as _num
 
 log = logging.getLogger(__name__)
 
@@ -98,187 +103,17 @@ class SliceInfo:
         return np.cross(np.asarray(self.iop[:3]), np.asarray(self.iop[3:]))
 
 
-# A pydicom Dataset, or the keyword -> value dict of the fast reader (node/headers.py): both answer .get().
-Values = Any  # a pydicom Dataset, the fast reader's keyword -> value dict, or _Layers of an enhanced frame
-
-
-def _num(ds: Values, keyword: str, default: float | None = None) -> float | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return default
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        if len(value) == 0:
-            return default
-        value = value[0]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _int(ds: Values, keyword: str) -> int | None:
-    value = _num(ds, keyword)
-    return None if value is None else round(value)
-
-
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
-
-
 def _diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | None]:
-    """b-value and gradient direction (patient LPS) from the standard attributes, then Siemens private tags."""
+    """b-value and gradient direction (patient LPS) from the standard attributes, then the vendors' private ones."""
     bvalue = _num(ds, "DiffusionBValue")
     bvec = _floats(ds.get("DiffusionGradientOrientation"), 3)
-    if (bvalue is None or bvec is None) and isinstance(ds, dict) and ds.get("SiemensCreator0019") == SIEMENS_MR_HEADER:
-        if bvalue is None:
-            bvalue = _num(ds, "SiemensBValue")
-        if bvec is None:
-            bvec = _floats(ds.get("SiemensGradient"), 3)
-    elif (bvalue is None or bvec is None) and isinstance(ds, Dataset) and "SIEMENS" in str(ds.get("Manufacturer", "")).upper():
-        # Siemens CSA-era private elements: (0019,100C) B_value, (0019,100E) DiffusionGradientDirection.
-        b_elem, v_elem = ds.get((0x0019, 0x100C)), ds.get((0x0019, 0x100E))
-        if bvalue is None and b_elem is not None:
-            try:
-                raw = b_elem.value
-                bvalue = float(raw.decode().strip("\0 ") if isinstance(raw, bytes) else raw)
-            except (TypeError, ValueError, UnicodeDecodeError):
-                bvalue = None
-        if bvec is None and v_elem is not None:
-            raw_vec = v_elem.value
-            if isinstance(raw_vec, bytes):  # implicit VR / UN: three little-endian doubles
-                bvec = _floats(np.frombuffer(raw_vec, dtype="<f8"), 3) if len(raw_vec) == 24 else None
-            else:
-                bvec = _floats(raw_vec, 3)
-    if (bvalue is None or bvec is None) and "GE " in str(ds.get("Manufacturer", "")).upper() + " ":
-        ge_b, ge_vec = _ge_diffusion(ds)
-        bvalue = bvalue if bvalue is not None else ge_b
-        bvec = bvec if bvec is not None else ge_vec
-    if bvec is not None:
-        bvec = (bvec[0], bvec[1], bvec[2])
-    return bvalue, bvec
-
-
-def _private_text(ds: Values, key: str, tag: tuple[int, int]) -> str | None:
-    """A private element's value as text ("a\\b" when multi-valued), from the fast reader's dict or pydicom."""
-    if isinstance(ds, dict):
-        value = ds.get(key)
-    else:
-        elem = ds.get(tag) if isinstance(ds, Dataset) else None
-        value = None if elem is None else elem.value
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value.decode("latin-1").strip("\0 ")
-    if isinstance(value, str):
-        return value
-    if hasattr(value, "__iter__"):
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-# How dcm2niix reads GE's gradient (0019,10BB/BC/BD): in the image frame, with signs that depend on the slice
-# orientation (checked against Debian's dcm2niix for axial, oblique, sagittal and coronal, COL and ROW).
-_GE_SIGNS = {"AX": (-1.0, -1.0, 1.0), "SAG": (1.0, 1.0, -1.0), "COR": (-1.0, 1.0, 1.0)}
-
-
-def _ge_diffusion(ds: Values) -> tuple[float | None, tuple[float, float, float] | None]:
-    """GE's private diffusion elements: the b-value (first value of (0043,1039), less a 1e9 offset some versions
-    add) and the gradient, in patient LPS. With ROW phase encoding GE swaps the in-plane axes. An unknown phase
-    encoding direction gives no gradient (not guessed)."""
-    if _private_text(ds, "GECreator0043", (0x0043, 0x0010)) not in ("GEMS_PARM_01",):
-        return None, None
-    raw_b = _private_text(ds, "GEBValue", (0x0043, 0x1039))
-    try:
-        bvalue = float(raw_b.split("\\")[0]) if raw_b else None
-    except ValueError:
-        bvalue = None
-    if bvalue is not None and bvalue >= 1e9:
-        bvalue -= 1e9
-    parts = [_private_text(ds, f"GEGradient{a}", (0x0019, t)) for a, t in (("X", 0x10BB), ("Y", 0x10BC), ("Z", 0x10BD))]
-    iop = _floats(ds.get("ImageOrientationPatient"), 6)
-    phase = str(ds.get("InPlanePhaseEncodingDirection", "") or "").strip().upper()
-    if bvalue is None or any(p is None for p in parts) or iop is None or phase not in ("ROW", "COL"):
-        return bvalue, None
-    try:
-        gx, gy, gz = (float(str(p).split("\\")[0]) for p in parts)
-    except ValueError:
-        return bvalue, None
-    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
-    normal = np.cross(row, col)
-    if phase == "ROW":
-        gx, gy = gy, -gx
-    label = "AX" if abs(normal[2]) >= max(abs(normal[0]), abs(normal[1])) else (
-        "SAG" if abs(normal[0]) >= abs(normal[1]) else "COR")
-    sx, sy, sz = _GE_SIGNS[label]
-    lps = sx * gx * row + sy * gy * col + sz * gz * normal
-    return bvalue, (float(lps[0]), float(lps[1]), float(lps[2]))
-
-
-def _ge_image_kind(ds: Values) -> int | None:
-    """GE's private image kind (0043,102F) of a field map or complex series, when its creator says it is GE's."""
-    if "GE " not in str(ds.get("Manufacturer", "")).upper() + " ":
-        return None
-    if isinstance(ds, dict):
-        value = ds.get("GEImageKind") if str(ds.get("GECreator0043", "")).strip() == "GEMS_PARM_01" else None
-    else:
-        creator = ds.get((0x0043, 0x0010))
-        elem = ds.get((0x0043, 0x102F))
-        if creator is None or str(creator.value).strip() != "GEMS_PARM_01" or elem is None:
-            return None
-        value = elem.value
-        if isinstance(value, bytes):
-            value = int(np.frombuffer(value[:2], dtype="<i2")[0]) if len(value) >= 2 else None
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _ge_group_delay(ds: Values) -> float:
-    """GE's group delay (0043,107C, seconds): volumes of such a series are TR + delay apart (dcm2niix adds it)."""
-    if "GE " not in str(ds.get("Manufacturer", "")).upper() + " ":
-        return 0.0
-    if _private_text(ds, "GECreator0043", (0x0043, 0x0010)) != "GEMS_PARM_01":
-        return 0.0
-    if isinstance(ds, dict):
-        value: Any = ds.get("GEGroupDelay")
-    else:
-        elem = ds.get((0x0043, 0x107C)) if isinstance(ds, Dataset) else None
-        value = None if elem is None else elem.value
-        if isinstance(value, bytes):
-            value = float(np.frombuffer(value[:4], dtype="<f4")[0]) if len(value) >= 4 else None
-    try:
-        delay = float(value) if value is not None else 0.0
-    except (TypeError, ValueError):
-        return 0.0
-    return delay if np.isfinite(delay) and 0 < delay < 60 else 0.0
-
-
-def _philips_scale_slope(ds: Values) -> float | None:
-    """Philips' private MRScaleSlope (2005,100E) of a classic image, when its private creator says it is one."""
-    if "PHILIPS" not in str(ds.get("Manufacturer", "")).upper():
-        return None
-    if isinstance(ds, dict):
-        value = ds.get("PhilipsScaleSlope") if ds.get("PhilipsCreator2005") == PHILIPS_MR_IMAGING else None
-    else:
-        creator = ds.get((0x2005, 0x0010))
-        elem = ds.get((0x2005, 0x100E))
-        if creator is None or str(creator.value).strip() != PHILIPS_MR_IMAGING or elem is None:
-            return None
-        value = elem.value
-        if isinstance(value, bytes):  # implicit VR or UN: one little-endian float
-            value = float(np.frombuffer(value[:4], dtype="<f4")[0]) if len(value) >= 4 else None
-    try:
-        number = float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return number if number is not None and np.isfinite(number) and number != 0 else None
+    for private in (vendor.siemens_diffusion, vendor.ge_diffusion):
+        if bvalue is not None and bvec is not None:
+            break
+        private_b, private_vec = private(ds)
+        bvalue = bvalue if bvalue is not None else private_b
+        bvec = bvec if bvec is not None else private_vec
+    return bvalue, (bvec[0], bvec[1], bvec[2]) if bvec is not None else None
 
 
 class NotAnImage(ValueError):
@@ -349,18 +184,17 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         iop=_floats(geo.get("ImageOrientationPatient"), 6),
         ipp=_floats(geo.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
         pixel_spacing=(spacing[0], spacing[1]),
-        # Enhanced multi-frame: the frame's own type (FrameType: magnitude/phase...), echo time (EffectiveEchoTime)
-        # and timing (RepetitionTime, FlipAngle in the shared groups) come from the functional groups (geo).
+        # geo is the image itself, or an enhanced frame's layers (per-frame, shared groups, then the image): the
+        # frame's own type (FrameType), echo time (EffectiveEchoTime) and timing come from the layer that has them.
         image_type=tuple(str(v).upper() for v in (geo.get("FrameType") or ds.get("ImageType") or ())),
-        echo_number=_int(geo, "EchoNumbers") if "EchoNumbers" in geo else _int(ds, "EchoNumbers"),
-        echo_time=next((_num(geo, k) for k in ("EchoTime", "EffectiveEchoTime") if k in geo), None)
-        if geo is not ds and any(k in geo for k in ("EchoTime", "EffectiveEchoTime")) else _num(ds, "EchoTime"),
-        repetition_time=_num(geo, "RepetitionTime") if "RepetitionTime" in geo else _num(ds, "RepetitionTime"),
-        flip_angle=_num(geo, "FlipAngle") if "FlipAngle" in geo else _num(ds, "FlipAngle"),
+        echo_number=_int(geo, "EchoNumbers"),
+        echo_time=_num(geo, "EffectiveEchoTime") if "EffectiveEchoTime" in geo else _num(geo, "EchoTime"),
+        repetition_time=_num(geo, "RepetitionTime"),
+        flip_angle=_num(geo, "FlipAngle"),
         acquisition_number=_int(ds, "AcquisitionNumber"),
         temporal_position=_int(geo, "TemporalPositionIdentifier") or _int(geo, "TemporalPositionIndex"),
         trigger_time=_num(geo, "TriggerTime"),
-        coil=str(ds.get("ReceiveCoilName", "") or _siemens_coil(ds)),
+        coil=str(ds.get("ReceiveCoilName", "") or vendor.siemens_coil(ds)),
         protocol=str(ds.get("ProtocolName", "") or ""),
         slope=_num(geo, "RescaleSlope", 1.0) or 1.0,
         intercept=_num(geo, "RescaleIntercept", 0.0) or 0.0,
@@ -369,9 +203,9 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         gantry_tilt=_num(ds, "GantryDetectorTilt", 0.0) or 0.0,
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper(),
         frame=frame,
-        philips_scale_slope=_philips_scale_slope(ds),
-        ge_image_kind=_ge_image_kind(ds),
-        ge_group_delay=_ge_group_delay(ds),
+        philips_scale_slope=vendor.philips_scale_slope(ds),
+        ge_image_kind=vendor.ge_image_kind(ds),
+        ge_group_delay=vendor.ge_group_delay(ds),
         pixel_offset=ds.get("_pixel_offset") if isinstance(ds, dict) else None,
         pixel_length=ds.get("_pixel_length") if isinstance(ds, dict) else None,
         bits_allocated=_int(ds, "BitsAllocated") or 16,
@@ -386,14 +220,6 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
 def _syntax(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-
-
-def _siemens_coil(ds: Values) -> str:
-    if isinstance(ds, dict):
-        return str(ds.get("SiemensCoil", "") or "")
-    elem = ds.get((0x0051, 0x100F))
-    value = getattr(elem, "value", "") if elem is not None else ""
-    return value.decode("latin-1").strip("\0 ") if isinstance(value, bytes) else str(value or "").strip()
 
 
 def _frames(path: Path, ds: Dataset, frames: int) -> list[SliceInfo]:
