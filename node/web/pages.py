@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from node.web import service
-from node.web.auth import Role, allows
+from node.web.auth import Principal, Role, allows
 from node.web.context import LOGIN_COOKIE, SESSION_COOKIE, WebContext, client_of, csrf_of, principal_of, require
 from node.web.service import ServiceError
 
@@ -55,6 +55,12 @@ async def _form(request: Request) -> dict[str, list[str]]:
         if isinstance(value, str):
             out.setdefault(key, []).append(value)
     return out
+
+
+async def _checked_form(ctx: WebContext, request: Request, role: Role) -> tuple[dict[str, list[str]], Principal]:
+    """A posted form and its sender, checked: logged in, allowed, and the form's CSRF token is the session's."""
+    form = await _form(request)
+    return form, require(ctx, request, role, (form.get("csrf_token") or [""])[0])
 
 
 def router(ctx: WebContext) -> APIRouter:
@@ -103,8 +109,7 @@ def router(ctx: WebContext) -> APIRouter:
 
     @pages.post("/logout")
     async def logout(request: Request) -> Response:
-        form = await _form(request)
-        principal = require(ctx, request, Role.VIEWER, (form.get("csrf_token") or [""])[0])
+        _, principal = await _checked_form(ctx, request, Role.VIEWER)
         ctx.sessions.drop(request.cookies.get(SESSION_COOKIE))
         ctx.audit.record(principal, "logout", f"user:{principal.user}", client_of(request))
         response = RedirectResponse("/login", status_code=303)
@@ -128,8 +133,7 @@ def router(ctx: WebContext) -> APIRouter:
 
     @pages.post("/requests/new")
     async def new_request(request: Request) -> Response:
-        form = await _form(request)
-        principal = require(ctx, request, Role.OPERATOR, (form.get("csrf_token") or [""])[0])
+        form, principal = await _checked_form(ctx, request, Role.OPERATOR)
         uids = [u for u in form.get("study_uid", []) if u]
         if not uids:
             raise ServiceError(422, "Select at least one study (tick its box) before asking for it.")
@@ -154,16 +158,14 @@ def router(ctx: WebContext) -> APIRouter:
 
     @pages.post("/requests/{rid}/cancel")
     async def cancel(request: Request, rid: int) -> Response:
-        form = await _form(request)
-        principal = require(ctx, request, Role.OPERATOR, (form.get("csrf_token") or [""])[0])
+        _, principal = await _checked_form(ctx, request, Role.OPERATOR)
         await anyio.to_thread.run_sync(ctx.actions.cancel, rid, principal.user)
         ctx.audit.record(principal, "request.cancel", f"request:{rid}", client_of(request))
         return RedirectResponse(f"/requests/{rid}", status_code=303)
 
     @pages.post("/requests/{rid}/retry")
     async def retry(request: Request, rid: int) -> Response:
-        form = await _form(request)
-        principal = require(ctx, request, Role.OPERATOR, (form.get("csrf_token") or [""])[0])
+        _, principal = await _checked_form(ctx, request, Role.OPERATOR)
         new = await anyio.to_thread.run_sync(ctx.actions.retry, rid, principal.user)
         ctx.audit.record(principal, "request.retry", f"request:{rid}", client_of(request), new=new)
         return RedirectResponse(f"/requests/{new}", status_code=303)

@@ -92,6 +92,7 @@ class Upload:
     name: str
     limit: int
     received: int = 0
+    _fh: io.BufferedWriter | None = None
 
     @classmethod
     def begin(cls, import_dir: Path, user: str, limit: int) -> Upload:
@@ -103,6 +104,11 @@ class Upload:
         return upload
 
     @property
+    def _file(self) -> io.BufferedWriter:
+        assert self._fh is not None, "Upload.begin() opens the file"
+        return self._fh
+
+    @property
     def partial(self) -> Path:
         return self.folder / f".{self.name}.part"
 
@@ -110,13 +116,13 @@ class Upload:
         self.received += len(chunk)
         if self.received > self.limit:
             raise UploadTooLarge(self.received)
-        self._fh.write(chunk)
+        self._file.write(chunk)
 
     def finish(self) -> Path:
         """Durable, checked, then renamed in: the importer sees the whole zip or nothing."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
         if not zipfile.is_zipfile(self.partial):
             self.partial.unlink(missing_ok=True)
             raise NotAZip()
@@ -127,11 +133,9 @@ class Upload:
 
     def abort(self) -> None:
         try:
-            self._fh.close()
+            self._file.close()
         finally:
             self.partial.unlink(missing_ok=True)
-
-    _fh: io.BufferedWriter = None  # type: ignore[assignment]
 
 
 def upload_state(import_dir: Path, name: str) -> dict[str, str] | None:
