@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -104,12 +105,12 @@ class Users:
             raise UserError(f"role {role!r}: one of {', '.join(r.value for r in Role)}") from None
         if len(password) < MIN_PASSWORD:
             raise UserError(f"the password must have at least {MIN_PASSWORD} characters")
-        data = json.loads(json.dumps(self._load()))
+        data = copy.deepcopy(self._load())  # edited apart from the loaded copy, saved whole
         data["users"][name] = {"hash": self._hasher.hash(password), "role": role}
         self._save(data)
 
     def remove_user(self, name: str) -> bool:
-        data = json.loads(json.dumps(self._load()))
+        data = copy.deepcopy(self._load())  # edited apart from the loaded copy, saved whole
         if data["users"].pop(name, None) is None:
             return False
         data["tokens"] = {k: v for k, v in data["tokens"].items() if v.get("user") != name}
@@ -129,7 +130,7 @@ class Users:
 
     def new_token(self, name: str, label: str) -> str:
         """A new API token for an existing user; only its hash is kept, the token is shown once."""
-        data = json.loads(json.dumps(self._load()))
+        data = copy.deepcopy(self._load())  # edited apart from the loaded copy, saved whole
         if name not in data["users"]:
             raise UserError(f"no user {name!r}")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
