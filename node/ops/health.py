@@ -86,15 +86,12 @@ def sqlite_writable_check(db_path: str | Path, timeout: float = 2.0) -> CheckRes
 
 
 def postgres_check(url: str, timeout: float = 2.0) -> CheckResult:
-    """Healthy when a new connection to the PostgreSQL state database opens a transaction within timeout."""
-    import psycopg
+    """Healthy when a new connection to the PostgreSQL state database answers within timeout."""
+    from node.store.postgres import probe
 
-    try:
-        with psycopg.connect(url, connect_timeout=max(1, int(timeout))) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return False, f"PostgreSQL state database not usable: {str(exc).strip()[:300]}"
-    return True, "PostgreSQL state database reachable"
+    problem = probe(url, timeout)
+    return (False, f"PostgreSQL state database not usable: {problem}") if problem else (
+        True, "PostgreSQL state database reachable")
 
 
 class Heartbeat:

@@ -96,3 +96,13 @@ class Connection:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def probe(url: str, timeout: float = 2.0) -> str | None:
+    """Why a new connection to the state database does not answer a query within timeout, or None."""
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, int(timeout))) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return str(exc).strip()[:300]
+    return None
