@@ -217,3 +217,21 @@ def test_the_old_health_listener_keys_are_refused_with_where_they_moved() -> Non
     with pytest.raises(config_mod.ConfigError) as caught:
         config_mod.parse(text, "old.yaml", environ={})
     assert "At 'health.port': moved to 'web.port'" in str(caught.value)
+
+
+def test_bad_web_qc_and_workbook_values_are_refused_with_their_locations() -> None:
+    from node import config as config_mod
+
+    text = ("node: {ae_title: A, port: 11112}\npeers: {pacs: {ae_title: P, host: 127.0.0.1, port: 4242}}\n"
+            "paths: {inbox: i, outbox: o, var: v}\n"
+            "web: {port: 70000, max_upload_mb: 0, session_hours: -1}\n"
+            "qc: {thresholds: {CT: {clip_high_fraction: 2, bogus: 1}}}\n"
+            "processing: {workbook_headers: camel, metadata_rows: study}\n"
+            "nifti: {philips_scaling: guess}\n")
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.parse(text, "bad.yaml", environ={})
+    problems = "\n".join(caught.value.problems)
+    for where in ("web.port", "web.max_upload_mb", "web.session_hours", "qc.thresholds.CT.clip_high_fraction",
+                  "qc.thresholds.CT", "processing.workbook_headers", "processing.metadata_rows",
+                  "nifti.philips_scaling"):
+        assert f"At '{where}'" in problems, (where, problems)
