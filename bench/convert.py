@@ -52,7 +52,7 @@ def _ct_pixels(rows: int, cols: int, k: int) -> np.ndarray:
     return rng.integers(0, 3000, size=(rows, cols), dtype=np.uint16)
 
 
-def bench_case(name: str, files: list[Path], work: Path, repeat: int, compress: bool) -> None:
+def bench_case(name: str, files: list[Path], work: Path, repeat: int, compress: bool, voxels: bool = True) -> None:
     ref_dir, our_dir = work / f"{name}_dcm2niix", work / f"{name}_node" / "nifti"
 
     def run_ref() -> None:
@@ -72,8 +72,15 @@ def bench_case(name: str, files: list[Path], work: Path, repeat: int, compress: 
     a = _nii(next(ref_dir.glob(ext)))
     b = _nii(next(our_dir.glob(ext)))
     same = a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-3)
-    report(f"{name:<28} {len(files):>6} files  shape {b.shape!s:<20} dcm2niix {t_ref:7.3f} s  "
-          f"dicom-node {t_ours:7.3f} s  ratio {t_ours / t_ref:5.2f}x  {'same geometry' if same else 'DIFFERENT'}")
+    check_voxels = voxels
+    voxels = voxels and same and np.allclose(np.asanyarray(a.dataobj, dtype=np.float64),
+                                             np.asanyarray(b.dataobj, dtype=np.float64))
+    if not same:
+        verdict = "DIFFERENT geometry"
+    else:
+        verdict = "same geometry and voxels" if voxels else "same geometry" if not check_voxels else "VOXELS DIFFER"
+    report(f"{name:<36} {len(files):>5} files  shape {b.shape!s:<18} dcm2niix {t_ref:7.3f} s  "
+          f"dicom-node {t_ours:7.3f} s  ratio {t_ours / t_ref:5.2f}x  {verdict}")
 
 
 def main() -> None:
@@ -99,7 +106,10 @@ def main() -> None:
             bench_case(f"MR 4D {args.frames} vols {tag}", mr_files, work, args.repeat, compress)
             if not compress:
                 for name, files in vendor.items():
-                    bench_case(f"{name} {tag}", files, work, args.repeat, compress)
+                    # Debian's dcm2niix (1.0.20220720) stacks this enhanced fixture's frames out of position order
+                    # (a frame lands at another frame's slice); its voxels are checked against the frames'
+                    # positions in tests/integration/process/test_enhanced_multiframe.py instead.
+                    bench_case(f"{name} {tag}", files, work, args.repeat, compress, voxels="Enhanced" not in name)
 
 
 def vendor_cases(study: StudySpec, work: Path) -> dict[str, list[Path]]:
@@ -129,6 +139,7 @@ def vendor_cases(study: StudySpec, work: Path) -> dict[str, list[Path]]:
     frames = [{"slice": k, "temporal": t + 1} for t in range(20) for k in range(30)]
     enhanced = make_enhanced_mr(study, SeriesSpec(n_slices=30, rows=64, cols=64, series_description="xa_bold",
                                                   series_number=13), frames)
+    enhanced.NumberOfSlices = 30  # without it Debian's dcm2niix stacks the 600 frames as one 3D volume
     (work / "enhanced").mkdir()
     enhanced.save_as(work / "enhanced" / "bold.dcm", enforce_file_format=True)
     out["Enhanced MR 600 frames"] = [work / "enhanced" / "bold.dcm"]

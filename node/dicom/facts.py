@@ -87,10 +87,15 @@ def planes(iops: Iterable[Sequence[object] | None]) -> list[tuple[tuple[float, f
     """The distinct slice planes of a series (normals equal to 0.01) with their image counts."""
     counts: dict[tuple[float, ...], int] = {}
     normals: dict[tuple[float, ...], tuple[float, float, float]] = {}
+    seen: dict[object, tuple[tuple[float, ...], tuple[float, float, float]] | None] = {}
     for iop in iops:
-        n = slice_normal(iop)
-        if n is not None:
-            key = tuple(round(v, 2) for v in n)
+        ident = tuple(iop) if iop is not None else None  # thousands of images share a few orientations
+        if ident not in seen:
+            n = slice_normal(iop)
+            seen[ident] = None if n is None else (tuple(round(v, 2) for v in n), n)
+        found = seen[ident]
+        if found is not None:
+            key, n = found
             counts[key] = counts.get(key, 0) + 1
             normals.setdefault(key, n)
     return [(normals[k], c) for k, c in counts.items()]

@@ -164,6 +164,13 @@ class _Walker:
         self.disorder = 0
         self.un_sequence = False  # the element just read is UN with undefined length (implicit content)
 
+    def _item(self, pos: int) -> tuple[int, int]:
+        """(tag, length) of an item or delimiter header at pos (what a sequence's content must be made of)."""
+        if pos + 8 > self.size:
+            raise ReadError(f"item header at offset {pos} runs past the end ({self.size} bytes)")
+        group, elem = self._tag.unpack_from(self.data, pos)
+        return group << 16 | elem, self._u32.unpack_from(self.data, pos + 4)[0]
+
     def header(self, pos: int) -> tuple[int, str | None, int, int, bool]:
         """(tag, VR, value offset, length, is_sequence_like) of the element at pos."""
         if pos + 8 > self.size:
@@ -258,6 +265,84 @@ class _Walker:
             pos = self.nested(value, depth + 1) if length == UNDEFINED else value + length
         if pos != end:
             raise ReadError(f"sequence items overrun their sequence by {pos - end} bytes")
+
+    def flat_items(self, pos: int, end: int, wanted: Container[int]) -> list[dict[int, Element]]:
+        """The items of the sequence whose value is data[pos:end] (end: after its delimiter for an undefined
+        length), each flattened: the wanted elements of the item and of the first item of each standard (even
+        group) sequence nested in it, to any depth. A private sequence is skipped whole (a vendor's copy of a
+        standard macro must not override the standard one)."""
+        items = []
+        while pos < end:
+            tag, _, value, length, _ = self.header(pos)
+            if tag == _SEQ_END:
+                break
+            if tag != _ITEM:
+                raise ReadError(f"expected an item at offset {pos}, found tag {tag:08X}")
+            into: dict[int, Element] = {}
+            pos = self._flat_item(value, None if length == UNDEFINED else value + length, wanted, into, 1)
+            items.append(into)
+        return items
+
+    def _flat_item(self, pos: int, end: int | None, wanted: Container[int], into: dict[int, Element], depth: int) -> int:
+        """Record an item's wanted elements into `into`; return the position after the item."""
+        if depth > _MAX_DEPTH:
+            raise ReadError("sequences nested too deep")
+        limit = self.size if end is None else end
+        data = self.data
+        header = _EXPLICIT_LE_HEADER
+        short_vrs = _SHORT_VRS
+        while pos < limit:
+            group, elem, vr_bytes, short_length = header.unpack_from(data, pos)
+            short_vr = short_vrs.get(vr_bytes)
+            if short_vr is not None and group != 0xFFFE:  # the common case: one unpack, no nesting
+                tag = group << 16 | elem
+                value_end = pos + 8 + short_length
+                if value_end > limit:
+                    raise ReadError(f"element {tag:08X} at offset {pos} runs past its item")
+                if tag in wanted:
+                    into[tag] = Element(tag, short_vr, pos + 8, short_length, value_end)
+                pos = value_end
+                continue
+            tag, vr, value, length, seq_like = self.header(pos)
+            if tag == _ITEM_END:
+                return value
+            if seq_like and vr == "SQ" and not group & 1:
+                pos = self._first_item(value, length, wanted, into, depth + 1)
+            elif length == UNDEFINED:
+                pos = self.skip_undefined(value, depth + 1)
+            else:
+                pos = value + length
+                if pos > limit:
+                    raise ReadError(f"element {tag:08X} at offset {value} runs past its item")
+                if tag in wanted:
+                    into[tag] = Element(tag, vr, value, length, pos)
+        if end is None:
+            raise ReadError("item without an item delimiter")
+        return pos
+
+    def _first_item(self, pos: int, length: int, wanted: Container[int], into: dict[int, Element], depth: int) -> int:
+        """Flatten the first item of a nested sequence into `into`; skip the others; return the position after it."""
+        end = None if length == UNDEFINED else pos + length
+        if end is not None and end > self.size:
+            raise ReadError(f"sequence at offset {pos} runs past the end")
+        first = True
+        item_header = self._item
+        while end is None or pos < end:
+            tag, item_length = item_header(pos)
+            value = pos + 8
+            if tag == _SEQ_END:
+                return value
+            if tag != _ITEM:
+                raise ReadError(f"expected an item at offset {pos}, found tag {tag:08X}")
+            item_end = None if item_length == UNDEFINED else value + item_length
+            if first:
+                pos = self._flat_item(value, item_end, wanted, into, depth)
+                first = False
+            elif item_end is None:
+                pos = self.nested(value, depth)
+            else:
+                pos = item_end
+        return pos
 
     def top(self, pos: int, wanted: Container[int] | None, stop_at_pixels: bool, raw: bool = False) -> Walk:
         out = Walk(self.implicit, self.little)
@@ -365,6 +450,16 @@ def walk(
                 raise
             # Some senders label an implicit VR dataset as explicit; pydicom reads those too.
             return _Walker(data, True, True, strict).top(start, wanted, stop_at_pixels, raw)
+    except struct.error as exc:
+        raise ReadError(f"malformed element header: {exc}") from None
+
+
+def sequence_items(data: Buffer, element: Element, wanted: Container[int]) -> list[dict[int, Element]]:
+    """The items of an explicit VR little endian sequence element found by `walk`, each flattened (the wanted
+    elements of the item and of its standard nested sequences' first items): an enhanced multi-frame image's
+    functional groups, one dict per frame. ReadError when the bytes are malformed."""
+    try:
+        return _Walker(data, False, True, False).flat_items(element.offset, element.end, wanted)
     except struct.error as exc:
         raise ReadError(f"malformed element header: {exc}") from None
 

@@ -75,15 +75,42 @@ WANTED: dict[int, tuple[str, str]] = {
     0x20050010: ("PhilipsCreator2005", "str"),
     0x2005100E: ("PhilipsScaleSlope", "FL"),
 }
+# Enhanced multi-frame images: what a frame's functional groups (per-frame, then shared) may say of it. Read
+# flattened from the standard macros (node.dicom.reader.sequence_items); kinds as in WANTED, "UL" for 32-bit.
+FRAME_WANTED: dict[int, tuple[str, str]] = {
+    0x00089007: ("FrameType", "str"),
+    0x00180080: ("RepetitionTime", "str"),
+    0x00180086: ("EchoNumbers", "str"),
+    0x00181060: ("TriggerTime", "str"),
+    0x00181314: ("FlipAngle", "str"),
+    0x00189082: ("EffectiveEchoTime", "FD"),
+    0x00189087: ("DiffusionBValue", "FD"),
+    0x00189089: ("DiffusionGradientOrientation", "FD"),
+    0x00200032: ("ImagePositionPatient", "str"),
+    0x00200037: ("ImageOrientationPatient", "str"),
+    0x00200100: ("TemporalPositionIdentifier", "str"),
+    0x00209128: ("TemporalPositionIndex", "UL"),
+    0x00280030: ("PixelSpacing", "str"),
+    0x00180050: ("SliceThickness", "str"),
+    0x00180088: ("SpacingBetweenSlices", "str"),
+    0x00281052: ("RescaleIntercept", "str"),
+    0x00281053: ("RescaleSlope", "str"),
+}
+SHARED_GROUPS = 0x52009229
+PER_FRAME_GROUPS = 0x52009230
 PHILIPS_MR_IMAGING = "Philips MR Imaging DD 001"
 SIEMENS_MR_HEADER = "SIEMENS MR HEADER"
 
 
-_READ = frozenset(WANTED)
+_READ = frozenset(WANTED) | {SHARED_GROUPS, PER_FRAME_GROUPS}
+_FRAME_READ = frozenset(FRAME_WANTED)
 
 
 def read_fast(path: Path) -> dict[str, object] | None:
-    """Values of WANTED keywords plus "_pixel_offset", "_pixel_length", "_transfer_syntax"; None -> use pydicom."""
+    """Values of WANTED keywords plus "_pixel_offset", "_pixel_length", "_transfer_syntax"; None -> use pydicom.
+
+    An explicit VR multi-frame image also gets "_shared" (one dict) and "_frames" (one dict per frame): the
+    FRAME_WANTED values of its functional groups."""
     try:
         read = reader.read_header(path, lambda meta: meta.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE), wanted=_READ)
         if read is None:
@@ -95,7 +122,17 @@ def read_fast(path: Path) -> dict[str, object] | None:
         out: dict[str, object] = {
             "_transfer_syntax": meta.transfer_syntax, "_pixel_offset": pixel.offset, "_pixel_length": pixel.length,
         }
-        for tag, _vr, offset, length, _end in found.elements.values():
+        for element in found.elements.values():
+            tag, _vr, offset, length, _end = element
+            if tag in (SHARED_GROUPS, PER_FRAME_GROUPS):
+                if meta.transfer_syntax == EXPLICIT_LE:
+                    items = reader.sequence_items(buf, element, _FRAME_READ)
+                    groups = [_values(buf, item, FRAME_WANTED) for item in items]
+                    if tag == PER_FRAME_GROUPS:
+                        out["_frames"] = groups
+                    elif groups:
+                        out["_shared"] = groups[0]
+                continue
             keyword, kind = WANTED[tag]
             out[keyword] = _decode(buf[offset : offset + length], kind)
         return out
@@ -103,11 +140,21 @@ def read_fast(path: Path) -> dict[str, object] | None:
         return None
 
 
+def _values(buf: bytes, elements: dict[int, reader.Element], table: dict[int, tuple[str, str]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for tag, _vr, offset, length, _end in elements.values():
+        keyword, kind = table[tag]
+        out[keyword] = _decode(buf[offset : offset + length], kind)
+    return out
+
+
 def _decode(raw: bytes, kind: str) -> object:
     if kind == "raw":
         return bytes(raw)
     if kind == "US":
         return struct.unpack_from("<H", raw, 0)[0] if len(raw) >= 2 else None
+    if kind == "UL":
+        return struct.unpack_from("<I", raw, 0)[0] if len(raw) >= 4 else None
     if kind == "SS":
         return struct.unpack_from("<h", raw, 0)[0] if len(raw) >= 2 else None
     if kind == "FL":

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
 import pydicom
 
 # A pydicom Dataset, the keyword -> value dict of the fast reader (headers.py), or the layers of an enhanced
@@ -38,4 +38,4 @@ def floats(value: Any, n: int) -> tuple[float, ...] | None:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
+    return out if len(out) == n and all(map(math.isfinite, out)) else None

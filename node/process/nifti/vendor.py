@@ -16,6 +16,7 @@ from node.process.nifti.headers import PHILIPS_MR_IMAGING, SIEMENS_MR_HEADER
 from node.process.nifti.values import Values, floats
 
 GE_PARM = "GEMS_PARM_01"
+_VENDORS = ("Siemens", "GE", "Philips")  # the fast reader's creator keywords: <Vendor>Creator<group>
 Vector = tuple[float, float, float]
 
 # How dcm2niix reads GE's gradient (0019,10BB/BC/BD): in the image frame, with signs that depend on the slice
@@ -31,7 +32,7 @@ def private(ds: Values, keyword: str, tag: tuple[int, int], creator: str, binary
     bytes (implicit VR or UN): "<f4", "<f8", "<i2"; text otherwise."""
     group = tag[0]
     if isinstance(ds, dict):
-        owner = next((v for k, v in ds.items() if k.endswith(f"Creator{group:04X}")), None)
+        owner = next((ds[k] for k in (f"{v}Creator{group:04X}" for v in _VENDORS) if k in ds), None)
         return ds.get(keyword) if str(owner or "").strip() == creator else None
     if not isinstance(ds, Dataset):
         return None

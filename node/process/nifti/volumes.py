@@ -127,7 +127,10 @@ class NotAnImage(ValueError):
 def read_header(path: Path) -> list[SliceInfo]:
     """Read one file's header (no pixel data); one SliceInfo per frame. Raises for unreadable/non-image files."""
     fast = read_fast(path)
-    if fast is not None and "Rows" in fast and "Columns" in fast and int(str(fast.get("NumberOfFrames", 1))) <= 1:
+    frames = _int(fast, "NumberOfFrames") or 1 if fast is not None else 1
+    if fast is not None and frames > 1 and "Rows" in fast and "Columns" in fast and "_frames" in fast:
+        return _fast_frames(path, fast, frames)
+    if fast is not None and "Rows" in fast and "Columns" in fast and frames <= 1:
         if "MOSAIC" not in str(fast.get("ImageType", "")).upper():
             return [_slice(path, fast, fast, None)]
         if fast.get("SiemensCreator0029") == "SIEMENS CSA HEADER" and fast.get("SiemensCSAImageHeader"):
@@ -164,16 +167,14 @@ def _mosaic(path: Path, ds: Values) -> list[SliceInfo]:
     normal = csa_normal if csa_normal is not None else np.cross(row, col)
     spacing = float(_num(ds, "SpacingBetweenSlices") or _num(ds, "SliceThickness") or 1.0)
     out = []
-    for k in range(count):
-        x, y, z = (float(v) for v in first + normal * spacing * k)
-        out.append(replace(base, rows=rows, cols=cols, ipp=(x, y, z), frame=k, mosaic_side=side,
-                           stack_normal=(float(normal[0]), float(normal[1]), float(normal[2]))))
+    places = (first + np.outer(np.arange(count), normal * spacing)).tolist()
+    for k, (x, y, z) in enumerate(places):
+        out.append(_frame_of(base, k, {"rows": rows, "cols": cols, "ipp": (x, y, z), "mosaic_side": side,
+                                       "stack_normal": (float(normal[0]), float(normal[1]), float(normal[2]))}))
     return out
 
 
 def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
-    spacing = _floats(geo.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2) or (1.0, 1.0)
-    bvalue, bvec = _diffusion(geo)
     return SliceInfo(
         path=path,
         sop_uid=str(ds.get("SOPInstanceUID", path.name)),
@@ -181,25 +182,9 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         modality=str(ds.get("Modality", "OT")).upper(),
         rows=int(ds["Rows"].value if isinstance(ds, Dataset) else ds["Rows"]),
         cols=int(ds["Columns"].value if isinstance(ds, Dataset) else ds["Columns"]),
-        iop=_floats(geo.get("ImageOrientationPatient"), 6),
-        ipp=_floats(geo.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-        pixel_spacing=(spacing[0], spacing[1]),
-        # geo is the image itself, or an enhanced frame's layers (per-frame, shared groups, then the image): the
-        # frame's own type (FrameType), echo time (EffectiveEchoTime) and timing come from the layer that has them.
-        image_type=tuple(str(v).upper() for v in (geo.get("FrameType") or ds.get("ImageType") or ())),
-        echo_number=_int(geo, "EchoNumbers"),
-        echo_time=_num(geo, "EffectiveEchoTime") if "EffectiveEchoTime" in geo else _num(geo, "EchoTime"),
-        repetition_time=_num(geo, "RepetitionTime"),
-        flip_angle=_num(geo, "FlipAngle"),
         acquisition_number=_int(ds, "AcquisitionNumber"),
-        temporal_position=_int(geo, "TemporalPositionIdentifier") or _int(geo, "TemporalPositionIndex"),
-        trigger_time=_num(geo, "TriggerTime"),
         coil=str(ds.get("ReceiveCoilName", "") or vendor.siemens_coil(ds)),
         protocol=str(ds.get("ProtocolName", "") or ""),
-        slope=_num(geo, "RescaleSlope", 1.0) or 1.0,
-        intercept=_num(geo, "RescaleIntercept", 0.0) or 0.0,
-        bvalue=bvalue,
-        bvec=bvec,
         gantry_tilt=_num(ds, "GantryDetectorTilt", 0.0) or 0.0,
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper(),
         frame=frame,
@@ -214,7 +199,37 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         samples=_int(ds, "SamplesPerPixel") or 1,
         transfer_syntax=str(ds.get("_transfer_syntax", "")) if isinstance(ds, dict) else _syntax(ds),
         parsed=ds if isinstance(ds, Dataset) else None,
+        **_placed(ds, geo),
     )
+
+
+def _placed(ds: Values, geo: Values) -> dict[str, Any]:
+    """The fields one frame of a multi-frame image may change: geo is the image itself, or an enhanced frame's
+    layers (per-frame, shared groups, then the image): the frame's own type (FrameType), echo time
+    (EffectiveEchoTime) and timing come from the layer that has them."""
+    spacing = _floats(geo.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2) or (1.0, 1.0)
+    bvalue, bvec = _diffusion(geo)
+    return {
+        "iop": _floats(geo.get("ImageOrientationPatient"), 6),
+        "ipp": _floats(geo.get("ImagePositionPatient"), 3),
+        "pixel_spacing": (spacing[0], spacing[1]),
+        "image_type": tuple(str(v).upper() for v in _listed(geo.get("FrameType") or ds.get("ImageType") or ())),
+        "echo_number": _int(geo, "EchoNumbers"),
+        "echo_time": _num(geo, "EffectiveEchoTime") if "EffectiveEchoTime" in geo else _num(geo, "EchoTime"),
+        "repetition_time": _num(geo, "RepetitionTime"),
+        "flip_angle": _num(geo, "FlipAngle"),
+        "temporal_position": _int(geo, "TemporalPositionIdentifier") or _int(geo, "TemporalPositionIndex"),
+        "trigger_time": _num(geo, "TriggerTime"),
+        "slope": _num(geo, "RescaleSlope", 1.0) or 1.0,
+        "intercept": _num(geo, "RescaleIntercept", 0.0) or 0.0,
+        "bvalue": bvalue,
+        "bvec": bvec,
+    }
+
+
+def _listed(value: Any) -> Any:
+    """A multi-valued text as its values (the fast reader gives a lone value as a string)."""
+    return (value,) if isinstance(value, str) else value
 
 
 def _syntax(ds: Dataset) -> str:
@@ -228,10 +243,29 @@ def _frames(path: Path, ds: Dataset, frames: int) -> list[SliceInfo]:
     shared = ds.get("SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared_geo = _standard_groups(shared[0]) if shared else Dataset()
+    base = _slice(path, ds, _Layers((shared_geo, ds)), None)
     out = []
     for f in range(frames):
         frame_geo = _standard_groups(per_frame[f]) if per_frame and f < len(per_frame) else Dataset()
-        out.append(_slice(path, ds, _Layers((frame_geo, shared_geo, ds)), f))
+        out.append(_frame_of(base, f, _placed(ds, _Layers((frame_geo, shared_geo, ds)))))
+    return out
+
+
+def _fast_frames(path: Path, fast: dict[str, Any], frames: int) -> list[SliceInfo]:
+    """_frames from the fast reader's functional groups (explicit VR little endian, native pixels): the same
+    layers as plain dicts, so thousands of frames cost no pydicom element lookups."""
+    shared = fast.get("_shared") or {}
+    base = _slice(path, fast, {**fast, **shared}, None)
+    per_frame = fast["_frames"]
+    return [_frame_of(base, f, _placed(fast, {**fast, **shared, **(per_frame[f] if f < len(per_frame) else {})}))
+            for f in range(frames)]
+
+
+def _frame_of(base: SliceInfo, frame: int, placed: dict[str, Any]) -> SliceInfo:
+    """base with one frame's fields: dataclasses.replace re-runs __init__ over every field, which thousands of
+    frames notice; a frozen dataclass without __post_init__ or slots can be copied by its __dict__."""
+    out = object.__new__(SliceInfo)
+    out.__dict__.update(base.__dict__, frame=frame, **placed)
     return out
 
 
@@ -314,7 +348,15 @@ class Group:
 
 def split_series(slices: Sequence[SliceInfo]) -> tuple[list[Group], list[Issue]]:
     """Split a series into groups the way dcm2niix does; one Issue per rule that split it."""
-    keys = [tuple(rule[2](s) for rule in SPLIT_RULES) for s in slices]
+    memo: dict[tuple[Hashable, ...], tuple[Hashable, ...]] = {}
+    keys = []
+    for s in slices:  # thousands of frames share a few distinct raw values: each is rounded once
+        raw = (s.image_type, s.ge_image_kind, s.echo_number, s.echo_time, s.repetition_time, s.flip_angle, s.iop,
+               s.rows, s.cols, s.pixel_spacing, s.coil, s.protocol)
+        key = memo.get(raw)
+        if key is None:
+            key = memo[raw] = tuple(rule[2](s) for rule in SPLIT_RULES)
+        keys.append(key)
     groups: dict[tuple[Hashable, ...], list[SliceInfo]] = {}
     for key, s in zip(keys, slices, strict=True):
         groups.setdefault(key, []).append(s)
@@ -409,8 +451,9 @@ def stack_group(group: Group, position_tol: float = 0.01, spacing_tol: float = 0
     normal = np.cross(row, col)
     if first.stack_normal is not None and float(np.dot(first.stack_normal, normal)) < 0:
         normal = -normal  # dcm2niix keeps a mosaic's slices in CSA order, even when that is descending
-    dist = [float(np.dot(np.asarray(s.ipp), normal)) for s in slices]
-    order = sorted(range(len(slices)), key=lambda i: (dist[i], _temporal_key(slices[i])))
+    dist = (np.asarray([s.ipp for s in slices], dtype=np.float64) @ normal).tolist()
+    timing = [_temporal_key(s) for s in slices]
+    order = sorted(range(len(slices)), key=lambda i: (dist[i], timing[i]))
     clusters: list[list[int]] = []
     for i in order:
         if clusters and abs(dist[i] - dist[clusters[-1][0]]) <= position_tol:
@@ -423,10 +466,10 @@ def stack_group(group: Group, position_tol: float = 0.01, spacing_tol: float = 0
     for members in clusters:
         kept: list[SliceInfo] = []
         seen: set[tuple[Hashable, ...]] = set()
-        for i in sorted(members, key=lambda i: _temporal_key(slices[i])):
+        for i in sorted(members, key=timing.__getitem__):
             s = slices[i]
             key = (s.sop_uid, s.frame) if s.frame is not None else (s.sop_uid,)
-            ident = (*_temporal_key(s), s.bvalue, s.bvec)
+            ident = (*timing[i], s.bvalue, s.bvec)
             if key in seen or ident in seen:
                 dropped += 1
                 continue
@@ -543,7 +586,8 @@ def read_pixels(s: SliceInfo, cache: dict[Path, np.ndarray] | None = None) -> np
     if s.frame is not None:
         if cache is not None and s.path in cache:
             return cache[s.path][s.frame]
-        frames = _decode(s.path)
+        native = _read_native(s, _frame_count(s)) if s.pixel_offset is not None else None
+        frames = native if native is not None else _decode(s.path)
         if cache is not None:
             cache.clear()  # one multi-frame file at a time keeps memory bounded
             cache[s.path] = frames
@@ -566,11 +610,18 @@ def _decode(path: Path) -> np.ndarray:
     return arr
 
 
-def _read_native(s: SliceInfo) -> np.ndarray | None:
+def _frame_count(s: SliceInfo) -> int:
+    """Frames in a multi-frame file's native pixel data, from its length (the fast reader found both)."""
+    one = s.rows * s.cols * max(s.bits_allocated // 8, 1)
+    return max((s.pixel_length or 0) // one, (s.frame or 0) + 1)
+
+
+def _read_native(s: SliceInfo, frames: int = 0) -> np.ndarray | None:
     """Read uncompressed little-endian 8/16-bit pixel data straight from the file when it is laid out simply.
 
     pydicom's decoder is the reference; this path is taken only at the offset the fast header reader found,
     or when the last element is exactly the pixel data of the expected length (checked byte for byte).
+    frames > 0: all frames of a multi-frame file as [frames, rows, cols] (only at a known offset).
     """
     header_len = _NATIVE.get(UID(s.transfer_syntax)) if s.transfer_syntax else None
     bits = s.bits_allocated
@@ -578,7 +629,9 @@ def _read_native(s: SliceInfo) -> np.ndarray | None:
         return None
     if s.signed and s.bits_stored != bits:
         return None
-    n = s.rows * s.cols * bits // 8
+    n = s.rows * s.cols * bits // 8 * max(frames, 1)
+    if frames and s.pixel_offset is None:
+        return None
     with open(s.path, "rb") as fh:
         if s.pixel_offset is not None:
             if s.pixel_length is not None and s.pixel_length < n:
@@ -603,7 +656,8 @@ def _read_native(s: SliceInfo) -> np.ndarray | None:
                 return None
             offset = header_len
     dtype = np.dtype(("<i" if s.signed else "<u") + str(bits // 8))
-    arr = np.frombuffer(blob, dtype=dtype, offset=offset).reshape(s.rows, s.cols)
+    arr = np.frombuffer(blob, dtype=dtype, offset=offset)
+    arr = arr.reshape(frames, s.rows, s.cols) if frames else arr.reshape(s.rows, s.cols)
     if not s.signed and s.bits_stored < bits:
         arr = arr & np.array((1 << s.bits_stored) - 1, dtype=dtype)
     return arr

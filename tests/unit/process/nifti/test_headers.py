@@ -119,3 +119,76 @@ def test_a_truncated_file_is_an_error_not_a_wrong_image(tmp_path: Path) -> None:
     record = read_header(path)[0]
     with pytest.raises(ValueError, match=r"truncated|expected"):
         read_pixels(record)
+
+
+def _enhanced(tmp_path: Path, frames: list[dict[str, object]], undefined: bool, **kwargs: object) -> Path:
+    from toolkit.dicomgen import make_enhanced_mr
+
+    ds = make_enhanced_mr(STUDY, SeriesSpec(n_slices=4, rows=8, cols=10, series_description="enh"), frames,
+                          **kwargs)  # type: ignore[arg-type]
+    if undefined:  # both length forms of every sequence occur in real files
+        for elem in ds.iterall():
+            if elem.VR == "SQ":
+                elem.is_undefined_length = True
+                for item in elem.value:
+                    item.is_undefined_length_sequence_item = True
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("undefined", [False, True])
+def test_enhanced_frames_read_from_the_raw_functional_groups_match_pydicoms_frames(tmp_path: Path,
+                                                                                   undefined: bool) -> None:
+    from node.process.nifti.volumes import _frames
+
+    frames = [{"slice": k, "echo_time": te, "temporal": 1,
+               "frame_type": ["ORIGINAL", "PRIMARY", kind, "NONE"]}
+              for kind in ("M", "P") for te in (5.0, 10.0) for k in range(4)]
+    path = _enhanced(tmp_path, frames, undefined, philips_private_offset=0.45)
+    fast = read_header(path)
+    assert all(s.pixel_offset is not None for s in fast)  # the fast reader took it
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    slow = _frames(path, ds, len(frames))
+    assert len(fast) == len(slow) == len(frames)
+    for a, b in zip(fast, slow, strict=True):
+        _same_record(a, b)
+        assert a.frame == b.frame
+    # The Philips private per-frame copy of the position (0.45 mm off) did not win over the standard one.
+    assert {s.ipp for s in fast} == {s.ipp for s in slow}
+    whole = pydicom.dcmread(path).pixel_array
+    for s in fast[::5]:
+        np.testing.assert_array_equal(read_pixels(s, {}), whole[s.frame])
+
+
+@pytest.mark.parametrize("cut", ["overrun", "not_an_item", "no_delimiter"])
+def test_malformed_functional_groups_are_an_error_not_a_guess(tmp_path: Path, cut: str) -> None:
+    """A per-frame group whose bytes do not parse is refused with a reason, never read as frames without one."""
+    from node.dicom import reader
+
+    path = _enhanced(tmp_path, [{"slice": k} for k in range(4)], undefined=cut == "no_delimiter")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x00\x52\x30\x92SQ")  # (5200,9230) PerFrameFunctionalGroupsSequence, explicit VR LE
+    first_item = at + 12
+    if cut == "overrun":  # an item claiming more bytes than its sequence has
+        data[first_item + 4 : first_item + 8] = (0x7FFFFFF0).to_bytes(4, "little")
+    elif cut == "not_an_item":
+        data[first_item : first_item + 4] = b"\x08\x00\x18\x00"
+    else:  # undefined-length items whose delimiters are gone
+        data = data.replace(b"\xfe\xff\x0d\xe0\x00\x00\x00\x00", b"\x09\x00\x10\x00\x00\x00\x00\x00")
+    path.write_bytes(bytes(data))
+    from node.process.nifti.convert import convert_series
+
+    outcome = convert_series([path], tmp_path / "nifti")
+    if cut == "not_an_item":
+        # The fast reader refuses it; pydicom reads an item whose tag is damaged as the item it stands for, and
+        # every frame is there: the whole volume, not a partial one.
+        assert outcome.volumes == 1 and outcome.details["shapes"] == {"nifti/1_enh.nii.gz": [10, 8, 4]}
+    else:
+        assert outcome.volumes == 0 and not outcome.files
+        assert outcome.error is not None and "UNREADABLE" in " ".join(outcome.warnings)
+    walk = reader.walk(bytes(data), reader.EXPLICIT_VR_LE, reader.dataset_offset(bytes(data)), stop_at_pixels=True)
+    groups = walk.elements.get(0x52009230)
+    if groups is not None:
+        with pytest.raises(reader.ReadError):
+            reader.sequence_items(bytes(data), groups, {0x00200032})
