@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,7 +191,7 @@ def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, take
         if not _admit(stack, options, res, notes, label):
             res.warnings.extend(n + label for n in notes)
             continue
-        for part, part_suffix in _diffusion_parts(stack, notes):
+        for part, part_suffix in _parts(stack, notes):
             name = unique_name(slug(base + group.suffix + part_suffix, options.max_name_len), taken)
             try:
                 written = _write_stack(part, out_dir, name, options, res, notes, qc)
@@ -210,6 +210,46 @@ def _convert(slices: list[SliceInfo], out_dir: Path, options: NiftiOptions, take
 def _isotropic(s: SliceInfo) -> bool:
     """A derived trace/ADC image of a diffusion series: a b-value but no gradient direction."""
     return bool(s.bvalue) and (s.bvec is None or all(abs(c) < 1e-6 for c in s.bvec))
+
+
+def _parts(stack: Stack, notes: list[str]) -> list[tuple[Stack, str]]:
+    """The files one stack becomes: its reverse-polarity volumes apart, then its derived diffusion volumes apart."""
+    return [(diffusion, polarity_suffix + diffusion_suffix)
+            for polarity, polarity_suffix in _pepolar_parts(stack, notes)
+            for diffusion, diffusion_suffix in _diffusion_parts(polarity, notes)]
+
+
+# GE epi_pepolar user data 12 -> which volume indexes were acquired with the phase encoding reversed.
+_PEPOLAR_REVERSED: dict[int, Callable[[int], bool]] = {1: lambda t: True, 2: lambda t: t % 2 == 0, 3: lambda t: t % 2 == 1}
+
+
+def _pepolar_parts(stack: Stack, notes: list[str]) -> list[tuple[Stack, str]]:
+    """GE reverse-polarity EPI as dcm2niix writes it: the reversed volumes are turned the right way up (their rows
+    reversed) and, when the series mixes both polarities, written apart with suffix _rev (dcm2niix: series number
+    + 1000). Modes 4 and 5 were flipped by the scanner and stay one 4D, as in dcm2niix. With the phase encoded
+    along the rows nothing is flipped: Debian's dcm2niix then flips the rows anyway, which would move the image
+    across the wrong axis; the volumes are split and the note says they were left as stored."""
+    mode = stack.first.ge_pepolar
+    if not mode:
+        return [(stack, "")]
+    reversed_ = _PEPOLAR_REVERSED.get(mode)
+    if reversed_ is None:
+        notes.append(f"PEPOLAR: GE reverse-polarity EPI (user data 12 = {mode}): volumes alternate the phase-encoding "
+                     "polarity, already flipped by the scanner; kept in one 4D as dcm2niix does")
+        return [(stack, "")]
+    flip = stack.first.phase_axis != "ROW"
+    back = [t for t in range(len(stack.volumes)) if reversed_(t)]
+    ahead = [t for t in range(len(stack.volumes)) if not reversed_(t)]
+    turned = [[dataclasses.replace(s, reverse_rows=flip) for s in stack.volumes[t]] for t in back]
+    how = "rows reversed to undo the reversed phase encoding" if flip else (
+        "left as stored (phase encoded along the rows: the flip dcm2niix applies would be across the wrong axis)")
+    notes.append(f"PEPOLAR{'' if flip else '_UNFLIPPED'}: GE reverse-polarity EPI: {len(back)} of {len(stack.volumes)} "
+                 f"volume(s) acquired with the phase encoding reversed, {how}"
+                 + ("; written apart as _rev" if ahead else ""))
+    if not ahead:
+        return [(dataclasses.replace(stack, volumes=turned), "")]
+    return [(dataclasses.replace(stack, volumes=[stack.volumes[t] for t in ahead]), ""),
+            (dataclasses.replace(stack, volumes=turned), "_rev")]
 
 
 def _diffusion_parts(stack: Stack, notes: list[str]) -> list[tuple[Stack, str]]:

@@ -67,6 +67,9 @@ WANTED: dict[int, tuple[str, str]] = {
     0x001910BC: ("GEGradientY", "str"),
     0x001910BD: ("GEGradientZ", "str"),
     0x00181312: ("InPlanePhaseEncodingDirection", "str"),
+    # GE reverse-polarity EPI: the pulse sequence name (0019,109C) and user data 12 (0019,10B3).
+    0x0019109C: ("GEPulseSequenceName", "str"),
+    0x001910B3: ("GEUserData12", "str"),
     # GE "image type" (0043,102F) in "GEMS_PARM_01": 0 magnitude, 1 phase, 2 real, 3 imaginary (field maps).
     0x00430010: ("GECreator0043", "str"),
     0x0043102F: ("GEImageKind", "SS"),

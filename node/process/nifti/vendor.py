@@ -120,6 +120,19 @@ def ge_group_delay(ds: Values) -> float:
     return delay if delay is not None and 0 < delay < 60 else 0.0
 
 
+def ge_pepolar(ds: Values) -> int | None:
+    """GE's reverse-polarity EPI (pulse sequence (0019,109C) "epi_pepolar"/"epi2_pepolar"): user data 12
+    (0019,10B3) says which volumes were acquired with the phase encoding reversed: 0 none, 1 all, 2 the even
+    ones (0, 2, ...), 3 the odd ones, 4 and 5 alternating but already flipped by the scanner. None: not one."""
+    if not _vendor(ds, "GE "):
+        return None
+    name = private(ds, "GEPulseSequenceName", (0x0019, 0x109C), "GEMS_ACQU_01")
+    if "pepolar" not in str(name or "").lower():
+        return None
+    mode = _first_float(private(ds, "GEUserData12", (0x0019, 0x10B3), "GEMS_ACQU_01"))
+    return int(round(mode)) if mode is not None and 0 <= mode <= 5 else 0
+
+
 def philips_scale_slope(ds: Values) -> float | None:
     """Philips' MRScaleSlope (2005,100E) of a classic image: the scale of the "precise" floating-point values."""
     if not _vendor(ds, "PHILIPS"):

@@ -77,6 +77,9 @@ class SliceInfo:
     philips_scale_slope: float | None = None  # (2005,100E): the "precise" (floating-point) values' scale
     ge_image_kind: int | None = None  # GE (0043,102F): 0 magnitude, 1 phase, 2 real, 3 imaginary
     ge_group_delay: float = 0.0  # GE (0043,107C), seconds between volumes on top of RepetitionTime
+    ge_pepolar: int | None = None  # GE reverse-polarity EPI: which volumes are reversed (vendor.ge_pepolar)
+    phase_axis: str = ""  # InPlanePhaseEncodingDirection: ROW or COL
+    reverse_rows: bool = False  # a reverse-polarity image, turned the right way up when its pixels are read
     pixel_offset: int | None = None  # byte offset of native pixel data, when the fast reader found it
     pixel_length: int | None = None
     mosaic_side: int = 0  # tiles per side when this record is one tile (frame) of a Siemens mosaic
@@ -191,6 +194,8 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
         philips_scale_slope=vendor.philips_scale_slope(ds),
         ge_image_kind=vendor.ge_image_kind(ds),
         ge_group_delay=vendor.ge_group_delay(ds),
+        ge_pepolar=vendor.ge_pepolar(ds),
+        phase_axis=str(ds.get("InPlanePhaseEncodingDirection", "") or "").strip().upper(),
         pixel_offset=ds.get("_pixel_offset") if isinstance(ds, dict) else None,
         pixel_length=ds.get("_pixel_length") if isinstance(ds, dict) else None,
         bits_allocated=_int(ds, "BitsAllocated") or 16,
@@ -572,12 +577,18 @@ _NATIVE = {ExplicitVRLittleEndian: 12, ImplicitVRLittleEndian: 8}
 
 
 def read_pixels(s: SliceInfo, cache: dict[Path, np.ndarray] | None = None) -> np.ndarray:
-    """Stored values of one image as a 2D array [rows, cols] (decoded once; multi-frame files cached per call)."""
+    """Stored values of one image as a 2D array [rows, cols] (decoded once; multi-frame files cached per call);
+    a reverse-polarity image (reverse_rows) comes with its rows reversed."""
+    arr = _stored(s, cache)
+    return arr[::-1] if s.reverse_rows else arr
+
+
+def _stored(s: SliceInfo, cache: dict[Path, np.ndarray] | None = None) -> np.ndarray:
     if s.mosaic_side:
         full = cache.get(s.path) if cache is not None else None
         if full is None:
             whole = replace(s, rows=s.rows * s.mosaic_side, cols=s.cols * s.mosaic_side, frame=None, mosaic_side=0)
-            full = read_pixels(whole)
+            full = _stored(whole)
             if cache is not None:
                 cache.clear()
                 cache[s.path] = full

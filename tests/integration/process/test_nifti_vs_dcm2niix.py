@@ -405,3 +405,71 @@ def test_diffusion_volumes_whose_slices_disagree_are_refused_with_the_reason(tmp
     outcome = convert_series(files, tmp_path / "study" / "nifti", NiftiOptions(compress=False))
     assert outcome.files == ()
     assert outcome.skipped_reason is not None and "DIFFUSION_MISMATCH" in outcome.skipped_reason, outcome
+
+
+def _pepolar(mode: int | None, phase: str, tmp_path: Path) -> list[Path]:
+    """A GE epi_pepolar run of four volumes: user data 12 (0019,10B3) says which were acquired reversed."""
+    datasets = make_multivolume_series(STUDY, SeriesSpec(series_number=17, series_description="pepolar", n_slices=3,
+                                                         rows=6, cols=8,
+                                                         extra={"Manufacturer": "GE MEDICAL SYSTEMS",
+                                                                "InPlanePhaseEncodingDirection": phase}),
+                                       [{"TemporalPositionIdentifier": t + 1} for t in range(4)])
+    for ds in datasets:
+        block = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+        block.add_new(0x9C, "LO", "epi_pepolar")
+        if mode is not None:
+            block.add_new(0xB3, "DS", str(mode))
+    return write_datasets(datasets, tmp_path / "src")
+
+
+@pytest.mark.parametrize("mode", [None, 1, 2, 3, 4])
+def test_ge_reverse_polarity_volumes_are_flipped_and_split_as_dcm2niix_does(dcm2niix: str, tmp_path: Path,
+                                                                            mode: int | None) -> None:
+    files = _pepolar(mode, "COL", tmp_path)
+    theirs = {p.stem: p for p in run_dcm2niix(dcm2niix, tmp_path / "src", tmp_path / "dcm2niix")}
+    outcome = convert_series(files, tmp_path / "study" / "nifti", NiftiOptions(compress=False))
+    ours = {Path(f).stem: tmp_path / "study" / f for f in outcome.files if f.endswith(".nii")}
+    # dcm2niix writes the reversed half of a mixed run as series number + 1000; the node as <name>_rev.
+    expected = {"17_pepolar": "17_pepolar", "17_pepolar_rev": "1017_pepolar"} if mode in (2, 3) else {
+        "17_pepolar": "17_pepolar"}
+    assert sorted(ours) == sorted(expected) and sorted(theirs) == sorted(expected.values()), (ours, theirs)
+    for our_name, their_name in expected.items():
+        a, b = _nii(theirs[their_name]), _nii(ours[our_name])
+        assert a.shape == b.shape
+        assert_same_affine(a.affine, b.affine)
+        np.testing.assert_array_equal(a.get_fdata(), b.get_fdata(), err_msg=our_name)
+    assert any(w.startswith("PEPOLAR") for w in outcome.warnings) == (mode is not None)
+    # The truth by hand, beside dcm2niix: the reversed volumes are the stored ones upside down (nifti j reversed).
+    plain = _plain_pepolar("COL", tmp_path)
+    data = {name: _nii(path).get_fdata() for name, path in ours.items()}
+    if mode == 1:
+        np.testing.assert_array_equal(data["17_pepolar"], plain[:, ::-1])
+    elif mode in (2, 3):
+        back, ahead = (slice(0, None, 2), slice(1, None, 2)) if mode == 2 else (slice(1, None, 2), slice(0, None, 2))
+        np.testing.assert_array_equal(data["17_pepolar_rev"], plain[..., back][:, ::-1])
+        np.testing.assert_array_equal(data["17_pepolar"], plain[..., ahead])
+    else:
+        np.testing.assert_array_equal(data["17_pepolar"], plain)
+
+
+def _plain_pepolar(phase: str, tmp_path: Path) -> np.ndarray:
+    """The same run converted as a plain EPI (no pulse sequence name): the images as stored."""
+    files = _pepolar(None, phase, tmp_path / "plain")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        del ds[0x0019109C]
+        ds.save_as(path)
+    outcome = convert_series(files, tmp_path / "plain" / "nifti", NiftiOptions(compress=False))
+    (name,) = [f for f in outcome.files if f.endswith(".nii")]
+    return _nii(tmp_path / "plain" / name).get_fdata()
+
+
+def test_reverse_polarity_along_the_rows_is_split_but_never_flipped_across_the_wrong_axis(tmp_path: Path) -> None:
+    files = _pepolar(2, "ROW", tmp_path)
+    outcome = convert_series(files, tmp_path / "study" / "nifti", NiftiOptions(compress=False))
+    ours = {Path(f).stem: _nii(tmp_path / "study" / f).get_fdata() for f in outcome.files if f.endswith(".nii")}
+    assert sorted(ours) == ["17_pepolar", "17_pepolar_rev"]
+    plain = _plain_pepolar("ROW", tmp_path)
+    np.testing.assert_array_equal(ours["17_pepolar_rev"], plain[..., 0::2])  # as stored
+    np.testing.assert_array_equal(ours["17_pepolar"], plain[..., 1::2])
+    assert any(w.startswith("PEPOLAR_UNFLIPPED") for w in outcome.warnings)
