@@ -130,7 +130,7 @@ def ge_pepolar(ds: Values) -> int | None:
     if "pepolar" not in str(name or "").lower():
         return None
     mode = _first_float(private(ds, "GEUserData12", (0x0019, 0x10B3), "GEMS_ACQU_01"))
-    return int(round(mode)) if mode is not None and 0 <= mode <= 5 else 0
+    return round(mode) if mode is not None and 0 <= mode <= 5 else 0
 
 
 def philips_scale_slope(ds: Values) -> float | None:
