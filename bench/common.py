@@ -87,8 +87,10 @@ class RssSampler:
 class NodeProcess:
     """dicom-node started as `python daemon.py --config <workdir>/node.yaml` from the repo root."""
 
-    def __init__(self, workdir: Path, ae_title: str = "DICOMNODE", nodelay_env: bool = False) -> None:
+    def __init__(self, workdir: Path, ae_title: str = "DICOMNODE", nodelay_env: bool = False,
+                 receiver_processes: int = 1) -> None:
         self.workdir = workdir
+        self.receiver_processes = receiver_processes
         self.ae_title = ae_title
         self.host = LOOPBACK
         self.port = free_port()
@@ -102,7 +104,8 @@ class NodeProcess:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         pacs_port = free_port()
         self.config_path.write_text(
-            f"node:   {{ae_title: {self.ae_title}, bind: {LOOPBACK}, port: {self.port}}}\n"
+            f"node:   {{ae_title: {self.ae_title}, bind: {LOOPBACK}, port: {self.port}, "
+            f"receiver_processes: {self.receiver_processes}}}\n"
             f"paths:  {{inbox: {self.workdir / 'inbox'}, outbox: {self.workdir / 'outbox'}, "
             f"var: {self.workdir / 'var'}}}\n"
             f"peers:  {{pacs: {{ae_title: PACS, host: {LOOPBACK}, port: {pacs_port}}}}}\n"

@@ -1,16 +1,25 @@
 """Ingest benchmark: DCMTK storescu into storescp, Orthanc and dicom-node, with Nagle on and off in the sender.
 
 Run from the repository root:
-    .venv/bin/python -m bench.ingest [--n 500] [--procs 1,4] [--only storescp,orthanc,node] [--repeat 3]
+    .venv/bin/python -m bench.ingest [--n 500] [--procs 1,4] [--only storescp,orthanc,node,node-mp] [--repeat 3]
 
-Every round uses a fresh receiver (empty storage) so no receiver is timed on duplicates. Receivers run with
-their default environment (no TCP_NODELAY): the point is how each copes with an ordinary sender.
+Every round uses a fresh receiver (empty storage) so no receiver is timed on duplicates. Run 1: an ordinary
+sender (Nagle on, DCMTK's default) into receivers as they ship. Run 2: a Nagle-free sender (TCP_NODELAY=1) into
+the same receivers, and into storescp and Orthanc tuned the same way (`-nd`). "node" receives in the node's own
+process (node.receiver_processes 1); "node-mp" in one receiver process per core.
+
+storescp does not fsync anything and Orthanc does not fsync its files; the node fsyncs every file, its
+directory and its index commit before it answers. The "durable floor" line measures what that costs alone:
+one writer doing only those steps, serially, on the same disk: no receiver that acknowledges one instance at
+a time after it is on disk can beat it with a single association.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,7 +33,8 @@ from bench.common import NodeProcess, RssSampler, make_mr_files
 from bench.report import report
 from toolkit.peers import OrthancPeer, StorescpPeer, peer_env, storescu_command
 
-RECEIVERS = ("storescp", "orthanc", "node")
+RECEIVERS = ("storescp", "orthanc", "node", "node-mp")
+NODES = ("node", "node-mp")
 # Receivers with TCP_NODELAY=1 in their own env too: what DCMTK/Orthanc reach tuned (run 2 only).
 TUNED = {"storescp": "storescp-nd", "orthanc": "orthanc-nd"}
 
@@ -96,8 +106,9 @@ def receiver(kind: str, workdir: Path) -> Iterator[tuple[Target, Callable[[], tu
             assert orthanc.proc is not None
             target = Target(orthanc.host, orthanc.dicom_port, "ORTHANC", orthanc.instance_count, orthanc.proc.pid)
             yield target, lambda: None
-    elif kind == "node":
-        with NodeProcess(workdir) as node:
+    elif kind in NODES:
+        receivers = max(2, os.cpu_count() or 2) if kind == "node-mp" else 1
+        with NodeProcess(workdir, receiver_processes=receivers) as node:
             assert node.proc is not None
             sampler = RssSampler(node.proc.pid).start()
             sampler.sample()
@@ -137,18 +148,62 @@ def run_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: 
     return result
 
 
-def table(rounds: list[Round]) -> str:
+def durable_floor(files: Sequence[Path], tmp: Path) -> float:
+    """Instances per second of one serial writer doing only what the node does to make an instance durable:
+    write the file, fsync it, rename it into its folder, fsync the folder, commit an index row (SQLite WAL,
+    synchronous=FULL). The ceiling of any receiver that acknowledges one instance at a time after it is on disk."""
+    work = tmp / "floor"
+    (work / "tmp").mkdir(parents=True)
+    (work / "store").mkdir()
+    db = sqlite3.connect(work / "index.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE instances(sop_uid TEXT PRIMARY KEY, path TEXT, size INTEGER)")
+    blobs = [f.read_bytes() for f in files]
+    store_fd = os.open(work / "store", os.O_RDONLY | os.O_DIRECTORY)
+    start = time.monotonic()
+    for i, blob in enumerate(blobs):
+        tmp_path, dest = work / "tmp" / f"{i}.part", work / "store" / f"{i}.dcm"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, blob)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp_path, dest)
+        os.fsync(store_fd)
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO instances VALUES (?,?,?)", (str(i), str(dest), len(blob)))
+        db.execute("COMMIT")
+    seconds = time.monotonic() - start
+    os.close(store_fd)
+    db.close()
+    return len(blobs) / seconds
+
+
+def table(rounds: list[Round], floor: float | None = None) -> str:
     by_key = {(r.sender, r.receiver, r.procs): r for r in rounds}
     header = f"{'sender':9} {'receiver':11} {'procs':>5} {'seconds':>8} {'inst/s':>8} {'recv':>6}"
-    lines = [header + f" {'node/this':>9} {'rss MB':>7} {'cpu s':>6}"]
+    lines = [header + f" {'node/this':>9} {'node-mp/this':>12} {'rss MB':>7} {'cpu s':>6}"]
     for r in rounds:
-        node = by_key.get((r.sender, "node", r.procs))
-        ratio = f"{node.rate / r.rate:9.2f}" if node is not None and r.rate > 0 and r.receiver != "node" else " " * 9
+        ratios = []
+        for kind, width in (("node", 9), ("node-mp", 12)):
+            node = by_key.get((r.sender, kind, r.procs))
+            ratios.append(f"{node.rate / r.rate:{width}.2f}" if node is not None and r.rate > 0 and r.receiver not in NODES
+                          else " " * width)
         rss = f"{r.peak_rss_mb:7.1f}" if r.peak_rss_mb is not None else " " * 7
         cpu = f"{r.cpu_seconds:6.2f}" if r.cpu_seconds is not None else ""
-        lines.append(
-            f"{r.sender:9} {r.receiver:11} {r.procs:5d} {r.seconds:8.2f} {r.rate:8.1f} {r.received:6d} {ratio} {rss} {cpu}"
-        )
+        lines.append(f"{r.sender:9} {r.receiver:11} {r.procs:5d} {r.seconds:8.2f} {r.rate:8.1f} {r.received:6d} "
+                     f"{' '.join(ratios)} {rss} {cpu}")
+    lines.append("")
+    for sender in ("nagle-on", "nodelay"):
+        for kind in NODES:
+            one, four = by_key.get((sender, kind, 1)), by_key.get((sender, kind, 4))
+            if one is not None and four is not None and one.rate > 0:
+                lines.append(f"{kind:8} {sender:8}: 4 associations / 1 association = {four.rate / one.rate:.2f}")
+    if floor is not None:
+        lines.append(f"durable floor (one serial writer, fsync file + folder + index commit): {floor:.1f} inst/s")
+        for r in rounds:
+            if r.receiver in NODES and r.procs == 1:
+                lines.append(f"{r.receiver:8} {r.sender:8} x1: {r.rate / floor:.2f} of the durable floor")
     return "\n".join(lines)
 
 
@@ -180,11 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_nodelay_run:
             report("run 2: sender with TCP_NODELAY=1")
             for procs in procs_list:
-                run2 = [k for k in kinds if k in ("storescp", "node")] + [TUNED[k] for k in kinds if k in TUNED]
+                run2 = kinds + [TUNED[k] for k in kinds if k in TUNED]
                 for kind in run2:
                     rounds.append(median_round(kind, files, procs, True, tmp, "nodelay", args.repeat))
+        floor = durable_floor(files, tmp)
     report()
-    report(table(rounds))
+    report(table(rounds, floor))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"rate": r.rate} for r in rounds], indent=2))
     return 0

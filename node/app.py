@@ -26,7 +26,8 @@ from node.pull.inbox import Inbox
 from node.pull.scheduler import Scheduler
 from node.receive.diskguard import DiskGuard
 from node.receive.importer import Importer
-from node.receive.scp import StorageSCP
+from node.receive.pool import ReceiverPool
+from node.receive.scp import Receiver, StorageSCP
 from node.store.retention import Retention
 from node.store.store import Store
 from node.web.auth import LoginLimiter, Sessions, Users
@@ -48,12 +49,13 @@ class Node:
         # files and open deliveries. The lock goes with the process, however it ends.
         self._lock: IO[bytes] | None = _lock_var(config.paths.var)
         self.store = Store(config.paths)
-        self.store.conflict_policy = config.storage.on_conflict
-        self.store.quarantine_max_bytes = _mb(config.retention.quarantine_max_mb)
+        self.store.configure(config.storage.on_conflict, config.retention.quarantine_max_mb)
         s = config.storage
         self.disk_guard = DiskGuard(config.paths.var, s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.metrics = Metrics()
-        self.scp = StorageSCP(config, self.store, self.disk_guard, self.metrics)
+        self.scp: Receiver = (
+            ReceiverPool(config, self.store, self.metrics, config.node.receiver_processes)
+            if config.node.receiver_processes > 1 else StorageSCP(config, self.store, self.disk_guard, self.metrics))
         # Requests: the scheduler pulls from peers, the inbox feeds it and writes status files.
         self.scheduler = Scheduler(config, self.store, metrics=self.metrics, space_ok=lambda: not self.disk_guard.tripped())
         self.inbox = Inbox(config, self.store, self.scheduler)
@@ -150,12 +152,13 @@ class Node:
             needs_restart.append("paths")
         if new.node.tls != self.config.node.tls:
             needs_restart.append("node.tls")
+        if new.node.receiver_processes != self.config.node.receiver_processes:
+            needs_restart.append("node.receiver_processes")
         if new.web != self.config.web:
             needs_restart.append("web")
         self.scp.apply_policy(new)
         s = new.storage
-        self.store.conflict_policy = s.on_conflict
-        self.store.quarantine_max_bytes = _mb(new.retention.quarantine_max_mb)
+        self.store.configure(s.on_conflict, new.retention.quarantine_max_mb)
         self.disk_guard.configure(s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
         self.completion.config = completion_config(new)
         self.processor.config = new
@@ -266,10 +269,6 @@ def run(
             node.stop(0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _mb(value: float | None) -> int | None:
-    return None if value is None else int(value * (1 << 20))
 
 
 class WatchdogPinger:

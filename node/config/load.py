@@ -156,6 +156,7 @@ def _typed(effective: dict[str, Any], source: str, base: Path) -> Config:
         network_timeout_s=float(n["network_timeout_s"]),
         drain_timeout_s=float(n["drain_timeout_s"]),
         max_instance_mb=n["max_instance_mb"],
+        receiver_processes=n["receiver_processes"],
         tls=TlsConfig(
             enabled=tls["enabled"],
             certificate=opt_path(tls["certificate"]),

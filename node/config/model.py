@@ -66,6 +66,7 @@ class NodeSection:
     drain_timeout_s: float
     tls: TlsConfig
     max_instance_mb: float | None = 4096
+    receiver_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Paths:
     outbox: Path
     var: Path
     database_url: str | None = None  # `database.url`: None is SQLite at var/node.db
+    tmp_dir: Path | None = None  # a receiver process's own folder under var/tmp (node/receive/pool.py)
 
     @property
     def store(self) -> Path:
@@ -88,7 +90,7 @@ class Paths:
 
     @property
     def tmp(self) -> Path:
-        return self.var / "tmp"
+        return self.tmp_dir if self.tmp_dir is not None else self.var / "tmp"
 
     @property
     def quarantine(self) -> Path:

@@ -9,7 +9,7 @@ from node.ops.health import CheckResult, Heartbeat, postgres_check, sqlite_writa
 from node.ops.metrics import Metrics
 from node.pull.scheduler import Scheduler
 from node.receive.diskguard import DiskGuard
-from node.receive.scp import StorageSCP
+from node.receive.scp import Receiver
 from node.store import state as study_state
 from node.store.store import Store
 
@@ -17,7 +17,7 @@ from node.store.store import Store
 class NodeGauges:
     """Refreshes the gauges that describe current state (the SCP counts its own events as they happen)."""
 
-    def __init__(self, scp: StorageSCP, disk_guard: DiskGuard, store: Store, scheduler: Scheduler) -> None:
+    def __init__(self, scp: Receiver, disk_guard: DiskGuard, store: Store, scheduler: Scheduler) -> None:
         self.scp = scp
         self.disk_guard = disk_guard
         self.store = store
@@ -36,7 +36,7 @@ class NodeGauges:
 
 
 def health_checks(
-    scp: StorageSCP, disk_guard: DiskGuard, database: Path, heartbeat: Heartbeat, database_url: str | None = None
+    scp: Receiver, disk_guard: DiskGuard, database: Path, heartbeat: Heartbeat, database_url: str | None = None
 ) -> dict[str, Callable[[], CheckResult]]:
     """The /healthz checks of the node's resources: SCP listening, database writable, disk below the guard, main
     loop alive. The background parts (scheduler, inbox, completion, processing, ...) add theirs (Node.loop_checks)."""

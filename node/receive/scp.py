@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
@@ -96,14 +96,45 @@ def _reject_pdu(result: int, source: int, reason: int) -> bytes:
     return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, result, source, reason)
 
 
-class StorageSCP:
-    """The node's listener: owns the pynetdicom AE, its server thread and the C-STORE handler."""
+class Receiver(Protocol):
+    """What the node needs of its listener: one StorageSCP, or the processes of node/receive/pool.py."""
 
-    def __init__(self, config: Config, store: Store, disk_guard: DiskGuard, metrics: Metrics | None = None):
+    @property
+    def address(self) -> tuple[str, int] | None: ...
+
+    def start(self) -> tuple[str, int]: ...
+
+    def active_associations(self) -> int: ...
+
+    def apply_policy(self, config: Config) -> None: ...
+
+    def stop(self, drain_timeout: float | None = None) -> None: ...
+
+
+class Slots(Protocol):
+    """Association slots shared by several receiver processes (node/receive/pool.py): node.max_associations holds
+    for all of them together."""
+
+    def claim(self, limit: int) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class StorageSCP:
+    """The node's listener: owns the pynetdicom AE, its server thread and the C-STORE handler.
+
+    One per node, or one per receiver process (node.receiver_processes > 1): then it serves a listening socket
+    made by the parent (`start(listen_socket)`), counts associations in shared `slots`, and names them with
+    `assoc_prefix` so the parent can end the deliveries of a receiver that died."""
+
+    def __init__(self, config: Config, store: Store, disk_guard: DiskGuard, metrics: Metrics | None = None,
+                 slots: Slots | None = None, assoc_prefix: str = ""):
         self.config = config
         self.store = store
         self.disk_guard = disk_guard
         self.metrics = metrics if metrics is not None else Metrics()
+        self.slots = slots
+        self.assoc_prefix = assoc_prefix
         self._pending = threading.BoundedSemaphore(config.node.max_pending_connections)
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -164,14 +195,18 @@ class StorageSCP:
         install_tls(ctx)  # accepted TLS sockets bound what a peer can make us buffer, as plain ones do
         return ctx
 
-    def start(self) -> tuple[str, int]:
-        """Bind and start serving in a background thread; returns the bound (host, port)."""
+    def start(self, listen_socket: socket.socket | None = None) -> tuple[str, int]:
+        """Bind (or serve the given listening socket) and start serving in a background thread; returns the bound
+        (host, port)."""
         adapters.prepare_pynetdicom(self.config.paths.tmp)
         self._set_stream_limits()
         scp = self
 
         class Handler(NodeRequestHandler):
             owner = scp
+
+        class Server(NodeServer):
+            inherited = listen_socket
 
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _handle_echo),
@@ -186,7 +221,7 @@ class StorageSCP:
                 (n.bind, n.port),
                 ssl_context=self._ssl_context(),
                 evt_handlers=handlers,
-                server_class=NodeServer,
+                server_class=Server,
                 request_handler=Handler,
             )
         except OSError as exc:
@@ -237,7 +272,7 @@ class StorageSCP:
 
     def _on_accepted(self, event: Event) -> None:
         assoc = event.assoc
-        assoc_id = uuid.uuid4().hex[:12]
+        assoc_id = self.assoc_prefix + uuid.uuid4().hex[: 12 - len(self.assoc_prefix)]
         assoc._node_assoc_id = assoc_id  # type: ignore[attr-defined]
         self.metrics.inc("dicomnode_associations_total", result="accepted")
         log.info(
@@ -371,7 +406,7 @@ def _recv_until(sock: socket.socket, n: int, deadline: float | None) -> bytes:
     return data
 
 
-def _reject(sock: socket.socket, rq_bytes: int, deadline: float | None) -> None:
+def _reject(sock: socket.socket, rq_bytes: int, deadline: float | None, pdu: bytes | None = None) -> None:
     """Answer a complete A-ASSOCIATE-RQ with A-ASSOCIATE-RJ and let the requestor close (PS3.8 9.2, ARTIM).
 
     Rejected-permanent, service-user, no reason given: polite but final. The RQ is read first and our side is
@@ -381,7 +416,7 @@ def _reject(sock: socket.socket, rq_bytes: int, deadline: float | None) -> None:
     with contextlib.suppress(OSError):
         if rq_bytes and len(_recv_exactly(sock, rq_bytes)) < rq_bytes:
             return
-        sock.sendall(_reject_pdu(0x01, 0x01, 0x01))
+        sock.sendall(pdu or _reject_pdu(0x01, 0x01, 0x01))
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(max(0.1, min(_ARTIM_S, (deadline - time.monotonic()) if deadline else _ARTIM_S)))
         while sock.recv(4096):
@@ -400,6 +435,23 @@ class NodeServer(ThreadedAssociationServer):
     """
 
     request_queue_size = 128
+    inherited: socket.socket | None = None  # a listening socket made by the parent (several receiver processes)
+
+    def server_bind(self) -> None:
+        if self.inherited is None:
+            super().server_bind()
+            return
+        # Several processes wait on this one socket; whoever accepts first takes the connection and the others'
+        # accept() finds nothing: non-blocking, so that is an OSError socketserver ignores, not a hang.
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self.inherited
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.inherited is None:
+            super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept without doing the TLS handshake here: one silent TLS client must not stall every accept.
@@ -409,6 +461,8 @@ class NodeServer(ThreadedAssociationServer):
         """
         assert self.socket is not None
         client, address = self.socket.accept()
+        if self.inherited is not None:
+            client.setblocking(True)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
@@ -418,6 +472,7 @@ class NodeRequestHandler(RequestHandler):
     """Screens a connection before pynetdicom sees it: IP allow-list, first-PDU sanity, pending-connection cap."""
 
     owner: StorageSCP
+    _rq_unread = 0  # bytes of the A-ASSOCIATE-RQ still in the socket after the screen (peeked, not read)
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
@@ -451,8 +506,23 @@ class NodeRequestHandler(RequestHandler):
                 self.request.close()
             return
         assert isinstance(self.request, socket.socket)
-        self.request.settimeout(scp.config.node.network_timeout_s)
-        super().handle()
+        if scp.slots is not None and not scp.slots.claim(scp.config.node.max_associations):
+            # The receivers' shared limit (node.max_associations across processes): transient, as pynetdicom's
+            # own "local limit exceeded" (result 2, source 3, reason 2); the sender retries later.
+            scp.metrics.inc("dicomnode_associations_total", result="rejected")
+            scp.metrics.inc("dicomnode_rejects_total", reason="association_limit")
+            log.warning("Association from %s refused: node.max_associations (%d) reached", peer_ip,
+                        scp.config.node.max_associations)
+            _reject(self.request, self._rq_unread, None, _reject_pdu(0x02, 0x03, 0x02))
+            with contextlib.suppress(OSError):
+                self.request.close()
+            return
+        try:
+            self.request.settimeout(scp.config.node.network_timeout_s)
+            super().handle()
+        finally:
+            if scp.slots is not None:
+                scp.slots.release()
 
     def _handshake(self) -> Refusal | None:
         """Finish a deferred TLS handshake within the ACSE timeout; a refusal reason or None."""
@@ -499,6 +569,7 @@ class NodeRequestHandler(RequestHandler):
         if not self._ip_allowed(peer_ip):
             _reject(sock, total, deadline)
             return Refusal("host_not_allowed", f"peer address {peer_ip} not in security.allowed_hosts")
+        self._rq_unread = total
         return None
 
     def _screen_tls(self, sock: ssl.SSLSocket, peer_ip: str) -> Refusal | None:

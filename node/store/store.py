@@ -7,6 +7,7 @@ readable sequence on purpose.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import mmap
@@ -138,6 +139,7 @@ class Store:
     def __init__(self, paths: Paths, read_only: bool = False) -> None:
         """Open the store; the database is migrated to the current schema here, once (not when read_only)."""
         self.paths = paths
+        self._write_lock: int | None = None
         self._db_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(64)]
         self._dir_lock = threading.Lock()
@@ -166,8 +168,17 @@ class Store:
             return
         for folder in (paths.var, paths.store, paths.tmp, paths.quarantine, paths.conflicts):
             folder.mkdir(parents=True, exist_ok=True)
+        # Writers in several processes (node.receiver_processes) take turns on this lock: a writer blocked in the
+        # kernel is woken the moment the other commits, where SQLite's own busy handler would sleep 1, 2, 5, 10...
+        # milliseconds between tries, several times the commit itself.
+        self._write_lock = os.open(paths.var / "node.db.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self.db = self._connect(paths.database)
         schema.migrate(self.db)
+
+    def configure(self, on_conflict: str, quarantine_max_mb: float | None) -> None:
+        """storage.on_conflict and retention.quarantine_max_mb (None: no cap), at start and on reload."""
+        self.conflict_policy = on_conflict
+        self.quarantine_max_bytes = None if quarantine_max_mb is None else int(quarantine_max_mb * (1 << 20))
 
     @property
     def schema_version(self) -> int:
@@ -186,18 +197,27 @@ class Store:
     def close(self) -> None:
         with self._db_lock:
             self.db.close()
+            if self._write_lock is not None:
+                os.close(self._write_lock)
+                self._write_lock = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
-        """Serialised write transaction on the shared connection."""
+        """Serialised write transaction on the shared connection (and, for SQLite, across processes)."""
         with self._db_lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            if self._write_lock is not None:
+                fcntl.flock(self._write_lock, fcntl.LOCK_EX)
             try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            finally:
+                if self._write_lock is not None:
+                    fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._db_lock:
@@ -490,6 +510,14 @@ class Store:
         with self._pending_lock:
             self._pending_ends.add(assoc_id)
         self.close_pending_deliveries()
+
+    def end_deliveries_of(self, assoc_prefix: str) -> int:
+        """A receiver process died: none of its associations (ids starting with its prefix) delivers any more."""
+        if not assoc_prefix or not assoc_prefix.isalnum():
+            raise ValueError(f"association prefix {assoc_prefix!r} must be letters and digits")
+        with self.transaction() as db:
+            return int(db.execute("DELETE FROM deliveries WHERE substr(assoc_id, 1, ?)=?",
+                                  (len(assoc_prefix), assoc_prefix)).rowcount)
 
     def close_pending_deliveries(self) -> None:
         with self._pending_lock:
