@@ -113,11 +113,17 @@ class Receiver(Protocol):
 
 class Slots(Protocol):
     """Association slots shared by several receiver processes (node/receive/pool.py): node.max_associations holds
-    for all of them together."""
+    for all of them together, and the least busy one accepts the next connection."""
 
     def claim(self, limit: int) -> bool: ...
 
     def release(self) -> None: ...
+
+    def my_turn(self) -> bool: ...
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
 
 
 class StorageSCP:
@@ -207,6 +213,7 @@ class StorageSCP:
 
         class Server(NodeServer):
             inherited = listen_socket
+            slots = scp.slots
 
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _handle_echo),
@@ -436,6 +443,9 @@ class NodeServer(ThreadedAssociationServer):
 
     request_queue_size = 128
     inherited: socket.socket | None = None  # a listening socket made by the parent (several receiver processes)
+    slots: Slots | None = None
+    _declined_since: float | None = None
+    _DECLINE_FOR_S = 0.02  # then accept anyway: the least busy receiver may be dead or stuck
 
     def server_bind(self) -> None:
         if self.inherited is None:
@@ -460,7 +470,17 @@ class NodeServer(ThreadedAssociationServer):
         handshake to the connection's own thread, under the ACSE timeout (NodeRequestHandler.handle).
         """
         assert self.socket is not None
+        if self.slots is not None and not self.slots.my_turn():
+            now = time.monotonic()
+            if self._declined_since is None:
+                self._declined_since = now
+            if now - self._declined_since < self._DECLINE_FOR_S:
+                time.sleep(0.001)  # still readable: without a pause, serve_forever would spin on it
+                raise OSError("a less busy receiver process takes this connection")
+        self._declined_since = None
         client, address = self.socket.accept()
+        if self.slots is not None:
+            self.slots.opened()
         if self.inherited is not None:
             client.setblocking(True)
         if self.ssl_context:
@@ -480,6 +500,13 @@ class NodeRequestHandler(RequestHandler):
         return assoc
 
     def handle(self) -> None:
+        try:
+            self._handle()
+        finally:
+            if self.owner.slots is not None:
+                self.owner.slots.closed()
+
+    def _handle(self) -> None:
         scp = self.owner
         peer_ip = str(self.client_address[0]) if isinstance(self.client_address, tuple) else ""
         if not scp._accepting.is_set():

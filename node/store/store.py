@@ -27,6 +27,7 @@ from node.config import Paths
 from node.dicom import reader
 from node.dicom.validators import uid_problem
 from node.store import schema
+from node.store.durable import DirSync, GroupCommit, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename or creation inside it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -141,6 +133,8 @@ class Store:
         self.paths = paths
         self._write_lock: int | None = None
         self._db_lock = threading.Lock()
+        self._group = GroupCommit(self.transaction)  # index rows of concurrent C-STOREs: one commit
+        self._dir_sync = DirSync(fsync_dir)  # renames into one series folder: one folder fsync
         self._stripes = [threading.Lock() for _ in range(64)]
         self._dir_lock = threading.Lock()
         self._pending_lock = threading.Lock()
@@ -333,7 +327,7 @@ class Store:
                     # Stored already (perhaps under another study or series: a corrected re-send).
                     return self._duplicate(tmp, dest, sha, size, header, ts, origin)
                 os.rename(tmp, dest)
-                fsync_dir(series_dir)
+            self._dir_sync.after_rename(series_dir)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             log.error("Could not write instance %s: %s", sop_uid, exc)
@@ -450,50 +444,54 @@ class Store:
         return path
 
     def _index(self, dest: Path, sha: str, size: int, header: dict[str, Any], ts: str, origin: Origin) -> None:
+        """Index a stored instance; returns once the row is committed (with those of concurrent C-STOREs)."""
+        self._group.run(lambda db: self._index_rows(db, dest, sha, size, header, ts, origin))
+
+    def _index_rows(self, db: Any, dest: Path, sha: str, size: int, header: dict[str, Any], ts: str,
+                    origin: Origin) -> None:
         now = time.time()
         study_uid = str(header["StudyInstanceUID"])
-        with self.transaction() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO instances(sop_uid, sop_class_uid, transfer_syntax, study_uid, series_uid,"
-                " series_number, instance_number, modality, path, size, sha256, calling_ae, peer_ip, assoc_id,"
-                " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    str(header["SOPInstanceUID"]),
-                    str(header["SOPClassUID"]),
-                    ts,
-                    study_uid,
-                    str(header["SeriesInstanceUID"]),
-                    _int_or_none(header.get("SeriesNumber")),
-                    _int_or_none(header.get("InstanceNumber")),
-                    _text(header.get("Modality")),
-                    str(dest.relative_to(self.paths.var)),
-                    size,
-                    sha,
-                    origin.calling_ae,
-                    origin.peer_ip,
-                    origin.assoc_id,
-                    _now_iso(),
-                ),
-            )
-            added = cur.rowcount
-            db.execute(
-                "INSERT INTO studies(study_uid, patient_id, accession, study_date, first_received, last_received,"
-                " n_instances, state, state_changed) VALUES (?,?,?,?,?,?,?, 'receiving', ?)"
-                " ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received,"
-                " n_instances=studies.n_instances+excluded.n_instances",
-                (
-                    study_uid,
-                    _text(header.get("PatientID")),
-                    _text(header.get("AccessionNumber")),
-                    _text(header.get("StudyDate")),
-                    now,
-                    now,
-                    added,
-                    now,
-                ),
-            )
-            if origin.assoc_id:
-                db.execute("INSERT OR IGNORE INTO deliveries(study_uid, assoc_id) VALUES (?,?)", (study_uid, origin.assoc_id))
+        cur = db.execute(
+            "INSERT OR IGNORE INTO instances(sop_uid, sop_class_uid, transfer_syntax, study_uid, series_uid,"
+            " series_number, instance_number, modality, path, size, sha256, calling_ae, peer_ip, assoc_id,"
+            " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                str(header["SOPInstanceUID"]),
+                str(header["SOPClassUID"]),
+                ts,
+                study_uid,
+                str(header["SeriesInstanceUID"]),
+                _int_or_none(header.get("SeriesNumber")),
+                _int_or_none(header.get("InstanceNumber")),
+                _text(header.get("Modality")),
+                str(dest.relative_to(self.paths.var)),
+                size,
+                sha,
+                origin.calling_ae,
+                origin.peer_ip,
+                origin.assoc_id,
+                _now_iso(),
+            ),
+        )
+        added = cur.rowcount
+        db.execute(
+            "INSERT INTO studies(study_uid, patient_id, accession, study_date, first_received, last_received,"
+            " n_instances, state, state_changed) VALUES (?,?,?,?,?,?,?, 'receiving', ?)"
+            " ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received,"
+            " n_instances=studies.n_instances+excluded.n_instances",
+            (
+                study_uid,
+                _text(header.get("PatientID")),
+                _text(header.get("AccessionNumber")),
+                _text(header.get("StudyDate")),
+                now,
+                now,
+                added,
+                now,
+            ),
+        )
+        if origin.assoc_id:
+            db.execute("INSERT OR IGNORE INTO deliveries(study_uid, assoc_id) VALUES (?,?)", (study_uid, origin.assoc_id))
 
     def _touch_study(self, study_uid: str, header: dict[str, Any], origin: Origin) -> None:
         with self.transaction() as db:
