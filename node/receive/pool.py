@@ -366,6 +366,7 @@ def _receiver_main(index: int, prefix: str, config: Config, listen_socket: socke
     except Exception as exc:  # noqa: BLE001 - whatever it is, the parent must hear it rather than wait
         events.put(("failed", index, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
+    log.info("Receiver process %d ready (pid %d)", index, os.getpid())
     events.put(("ready", index, None))
     while True:
         try:
@@ -379,6 +380,7 @@ def _receiver_main(index: int, prefix: str, config: Config, listen_socket: socke
             store.configure(config.storage.on_conflict, config.retention.quarantine_max_mb)
             s = config.storage
             guard.configure(s.disk_high_water_pct, s.disk_low_water_pct, s.disk_check_interval_s)
+            log.info("Receiver process %d applied the reloaded policy", index)
         elif command == "stop":
             scp.stop(float(arg))
             store.close()

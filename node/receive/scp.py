@@ -493,10 +493,12 @@ class NodeRequestHandler(RequestHandler):
 
     owner: StorageSCP
     _rq_unread = 0  # bytes of the A-ASSOCIATE-RQ still in the socket after the screen (peeked, not read)
+    _assoc: Any = None
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         fastpath.accelerate(assoc)
+        self._assoc = assoc
         return assoc
 
     def handle(self) -> None:
@@ -547,6 +549,10 @@ class NodeRequestHandler(RequestHandler):
         try:
             self.request.settimeout(scp.config.node.network_timeout_s)
             super().handle()
+            if scp.slots is not None and self._assoc is not None:
+                # pynetdicom's handle() only starts the association's thread: the slot (and this connection's
+                # place in the receivers' balance) is held until that thread ends.
+                self._assoc.join()
         finally:
             if scp.slots is not None:
                 scp.slots.release()
