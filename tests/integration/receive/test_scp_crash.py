@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
+import pytest
+
 from node.store.store import dataset_sha256
 from tests.support.storescu_log import acknowledged, dataset_bytes
+from tests.support.waiting import wait_for
 from toolkit.dicomgen import multi_series_study, write_study
 from toolkit.nodeproc import NodeProcess
 from toolkit.peers import peer_env, storescu, storescu_command
@@ -40,8 +47,18 @@ def indexed(var: Path) -> dict[str, tuple[str, str]]:
         db.close()
 
 
-def test_every_instance_acknowledged_before_a_sigkill_is_present_and_intact_after_restart(node_process, tmp_path):
-    node: NodeProcess = node_process()
+def receiver_pids(node: NodeProcess) -> list[int]:
+    """Live receiver processes of a node with node.receiver_processes > 1, as its log names them."""
+    pids = [int(m) for m in re.findall(r"Receiver process \d+ ready \(pid (\d+)\)", node.log())]
+    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize(("processes", "victim"), [(1, "node"), (2, "node"), (2, "one receiver"), (2, "every receiver")])
+def test_every_instance_acknowledged_before_a_sigkill_is_present_and_intact_after_restart(node_process, tmp_path,
+                                                                                           processes, victim):
+    node: NodeProcess = node_process(node={"receiver_processes": processes})
+    if processes > 1:
+        wait_for(lambda: len(receiver_pids(node)) == processes, timeout=60, what="every receiver ready")
     sources: list[list[Path]] = []
     for i in range(SENDERS):
         study = multi_series_study(n_series=3, n_slices=30, accession=f"ACC{i}", patient_id=f"SYN{i}")
@@ -63,10 +80,17 @@ def test_every_instance_acknowledged_before_a_sigkill_is_present_and_intact_afte
         assert time.monotonic() < deadline, "the senders never got going"
         assert all(s.poll() is None for s in senders), "a sender finished before the crash"
         time.sleep(0.01)
-    node.kill()
+    if victim == "node":
+        node.kill()  # receiver processes die with it (PR_SET_PDEATHSIG)
+    else:
+        for pid in receiver_pids(node)[: 1 if victim == "one receiver" else None]:
+            os.kill(pid, signal.SIGKILL)
     for sender in senders:
-        sender.wait(timeout=120)
-    leftovers = sorted(p.name for p in (node.var / "tmp").iterdir())
+        sender.wait(timeout=300)
+    leftovers = sorted(p.name for p in (node.var / "tmp").rglob("*") if p.is_file())
+    if victim != "node":
+        # The node replaced its receivers and kept running; a restart is what checks the store against the index.
+        assert node.stop() == 0, node.log()[-3000:]
 
     acked: list[Path] = []
     unanswered = 0
@@ -78,7 +102,8 @@ def test_every_instance_acknowledged_before_a_sigkill_is_present_and_intact_afte
     assert unanswered + len(acked) <= total
 
     node.restart()
-    assert list((node.var / "tmp").iterdir()) == [], f"temp files not swept (before restart: {leftovers})"
+    swept = [p for p in (node.var / "tmp").rglob("*") if p.is_file()]
+    assert swept == [], f"temp files not swept (before restart: {leftovers})"
     stored = {p.stem: p for p in (node.var / "store").rglob("*.dcm")}
     index = indexed(node.var)
     for sent in acked:

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from node.app import Node
 from node.dicom.validators import is_valid_uid
 from node.receive.diskguard import DiskGuard
+from node.receive.scp import StorageSCP
 from node.store.store import dataset_offset
 from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, write_datasets, write_study
 from toolkit.nodeproc import NodeProcess
@@ -284,6 +285,7 @@ def test_a_tripped_disk_guard_answers_a700_and_writes_nothing_until_it_releases(
     paths = node.config.paths
     used = {"pct": 50.0}
     guard = DiskGuard(paths.var, 95.0, 90.0, interval_s=0.0, usage=lambda _p: (1000, int(used["pct"] * 10), 0))
+    assert isinstance(node.scp, StorageSCP)  # one receiver, in the node's process
     node.disk_guard = node.scp.disk_guard = guard
     first, refused, still_refused, after = (one_dataset() for _ in range(4))
     assoc = associate(node.config.node.port)
