@@ -134,7 +134,7 @@ class Store:
         self._write_lock: int | None = None
         self._db_lock = threading.Lock()
         self._group = GroupCommit(self.transaction)  # index rows of concurrent C-STOREs: one commit
-        self._dir_sync = DirSync(fsync_dir)  # renames into one series folder: one folder fsync
+        self._dir_sync = DirSync(lambda path: fsync_dir(path))  # concurrent renames into one folder: one fsync
         self._stripes = [threading.Lock() for _ in range(64)]
         self._dir_lock = threading.Lock()
         self._pending_lock = threading.Lock()
