@@ -231,3 +231,29 @@ def test_a_reload_reaches_every_receiver_process(tmp_path, mr_dataset):
         assert stored(node) == {mr_dataset.SOPInstanceUID}
     finally:
         node.stop()
+
+
+def test_receiver_processes_index_into_postgresql_as_into_sqlite(tmp_path):
+    import psycopg
+
+    from toolkit.peers import PostgresPeer
+
+    sources = [sorted(write_study(multi_series_study(n_series=1, n_slices=30, accession=f"PG{i}",
+                                                     patient_id=f"PGP{i}"), tmp_path / f"src{i}"))
+               for i in range(4)]
+    with PostgresPeer() as pg, NodeProcess(tmp_path / "node", node={"receiver_processes": 2},
+                                           database={"url": pg.url}) as node:
+        both_receivers(node)
+        senders = [subprocess.Popen(storescu_command(LOOPBACK, node.port, "DICOMNODE", files, calling_ae=f"S{i}"),
+                                    env=peer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   for i, files in enumerate(sources)]
+        for sender in senders:
+            _, err = sender.communicate(timeout=300)
+            assert sender.returncode == 0 and b"Store Failed" not in err, err
+        sent = {p.stem for files in sources for p in files}
+        assert stored(node) == sent
+        with psycopg.connect(pg.url) as db:
+            rows = {sop for (sop,) in db.execute("SELECT sop_uid FROM instances").fetchall()}
+            studies = db.execute("SELECT SUM(n_instances) FROM studies").fetchone()
+        assert rows == sent and studies is not None and studies[0] == len(sent)
+        assert not (node.var / "node.db").exists()
