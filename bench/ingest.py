@@ -6,7 +6,8 @@ Run from the repository root:
 Every round uses a fresh receiver (empty storage) so no receiver is timed on duplicates. Run 1: an ordinary
 sender (Nagle on, DCMTK's default) into receivers as they ship. Run 2: a Nagle-free sender (TCP_NODELAY=1) into
 the same receivers, and into storescp and Orthanc tuned the same way (`-nd`). "node" receives in the node's own
-process (node.receiver_processes 1); "node-mp" in one receiver process per core.
+process (node.receiver_processes 1); "node-mp" in several receiver processes (--receivers, default two per
+core: one association per process, none waiting for another's interpreter lock).
 
 storescp does not fsync anything and Orthanc does not fsync its files; the node fsyncs every file, its
 directory and its index commit before it answers. The "durable floor" line measures what that costs alone:
@@ -34,6 +35,7 @@ from bench.report import report
 from toolkit.peers import OrthancPeer, StorescpPeer, peer_env, storescu_command
 
 RECEIVERS = ("storescp", "orthanc", "node", "node-mp")
+RECEIVER_PROCESSES = 2 * (os.cpu_count() or 1)  # node-mp's node.receiver_processes (--receivers)
 NODES = ("node", "node-mp")
 # Receivers with TCP_NODELAY=1 in their own env too: what DCMTK/Orthanc reach tuned (run 2 only).
 TUNED = {"storescp": "storescp-nd", "orthanc": "orthanc-nd"}
@@ -107,7 +109,7 @@ def receiver(kind: str, workdir: Path) -> Iterator[tuple[Target, Callable[[], tu
             target = Target(orthanc.host, orthanc.dicom_port, "ORTHANC", orthanc.instance_count, orthanc.proc.pid)
             yield target, lambda: None
     elif kind in NODES:
-        receivers = max(2, os.cpu_count() or 2) if kind == "node-mp" else 1
+        receivers = RECEIVER_PROCESSES if kind == "node-mp" else 1
         with NodeProcess(workdir, receiver_processes=receivers) as node:
             assert node.proc is not None
             sampler = RssSampler(node.proc.pid).start()
@@ -215,7 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-nodelay-run", action="store_true", help="skip the second, Nagle-free sender run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per round; the median one is reported")
     parser.add_argument("--json", type=Path, help="also write the rounds as JSON to this file")
+    parser.add_argument("--receivers", type=int, default=RECEIVER_PROCESSES,
+                        help=f"node.receiver_processes of node-mp (default 2 per core: {RECEIVER_PROCESSES})")
     args = parser.parse_args(argv)
+    globals()["RECEIVER_PROCESSES"] = args.receivers
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = set(kinds) - set(RECEIVERS)
     if unknown:
@@ -227,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_name)
         files = make_mr_files(tmp / "input", args.n)
         size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
-        report(f"{len(files)} MR instances, {size_kb:.1f} kB each; storescu = DCMTK, receivers on loopback")
+        report(f"{len(files)} MR instances, {size_kb:.1f} kB each; storescu = DCMTK, receivers on loopback; "
+               f"node-mp: node.receiver_processes {RECEIVER_PROCESSES} on {os.cpu_count()} cores")
         report("run 1: sender with Nagle on (DCMTK default)")
         for procs in procs_list:
             for kind in kinds:

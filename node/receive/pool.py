@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _CTX = multiprocessing.get_context("spawn")  # never fork a process that runs threads
 _READY_TIMEOUT_S = 60.0
+_STABLE_S = 10.0  # a receiver that lived this long before dying is replaced at once
 _PR_SET_PDEATHSIG = 1
 
 
@@ -134,6 +135,8 @@ class _Receiver:
     commands: multiprocessing.connection.Connection
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
     failure: str | None = None
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    quick_deaths: int = 0  # deaths in a row within _STABLE_S of a start: the replacement waits longer each time
 
 
 class ReceiverPool:
@@ -283,21 +286,26 @@ class ReceiverPool:
                     receiver.ready.set()
 
     def _supervise(self) -> None:
-        """Replace a receiver that died while the node runs."""
-        while not self._stopping.is_set():
+        """Replace a receiver that died while the node runs. This thread spawns the replacements, and the kernel
+        kills a process when the thread that started it ends (PR_SET_PDEATHSIG), so it lives until every
+        receiver has exited, drain included."""
+        while True:
             with self._lock:
-                sentinels = {r.process.sentinel: r for r in self._receivers}
-            done = multiprocessing.connection.wait(list(sentinels), timeout=0.5)
-            if self._stopping.is_set():
+                sentinels = {r.process.sentinel: r for r in self._receivers if r.process.exitcode is None}
+            if self._stopping.is_set() and not sentinels:
                 return
+            done = multiprocessing.connection.wait(list(sentinels), timeout=0.5) if sentinels else []
+            if self._stopping.is_set():
+                continue
             for sentinel in done:
-                dead = sentinels[sentinel]
-                self._replace(dead)
+                self._replace(sentinels[sentinel])
 
     def _replace(self, dead: _Receiver) -> None:
         code = dead.process.exitcode
+        quick = dead.quick_deaths + 1 if time.monotonic() - dead.started < _STABLE_S else 0
+        delay = min(30.0, 0.5 * 2 ** (quick - 1)) if quick else 0.0
         log.error("Receiver process %d died (exit code %s); its unacknowledged transfers are dropped and it is "
-                  "restarted", dead.index, code)
+                  "restarted%s", dead.index, code, f" in {delay:g} s" if delay else "")
         for shared in (self._counts, self._connections):
             with shared.get_lock():
                 shared[dead.index] = 0
@@ -310,10 +318,13 @@ class ReceiverPool:
                 log.info("Ended %d delivery record(s) of the dead receiver's associations", ended)
         except Exception:
             log.exception("Could not end the deliveries of receiver process %d", dead.index)
+        if delay and self._stopping.wait(delay):
+            return
         with self._lock:
             if self._stopping.is_set():
                 return
             fresh = self._spawn(dead.index)
+            fresh.quick_deaths = quick
             self._receivers = [fresh if r is dead else r for r in self._receivers]
             self.restarts += 1
         if not fresh.ready.wait(_READY_TIMEOUT_S) or fresh.failure:

@@ -208,28 +208,55 @@ def _slice(path: Path, ds: Values, geo: Values, frame: int | None) -> SliceInfo:
     )
 
 
-def _placed(ds: Values, geo: Values) -> dict[str, Any]:
-    """The fields one frame of a multi-frame image may change: geo is the image itself, or an enhanced frame's
-    layers (per-frame, shared groups, then the image): the frame's own type (FrameType), echo time
-    (EffectiveEchoTime) and timing come from the layer that has them."""
+def _spacing(ds: Values, geo: Values) -> dict[str, Any]:
     spacing = _floats(geo.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2) or (1.0, 1.0)
+    return {"pixel_spacing": (spacing[0], spacing[1])}
+
+
+def _diffusion_fields(ds: Values, geo: Values) -> dict[str, Any]:
     bvalue, bvec = _diffusion(geo)
-    return {
-        "iop": _floats(geo.get("ImageOrientationPatient"), 6),
-        "ipp": _floats(geo.get("ImagePositionPatient"), 3),
-        "pixel_spacing": (spacing[0], spacing[1]),
-        "image_type": tuple(str(v).upper() for v in _listed(geo.get("FrameType") or ds.get("ImageType") or ())),
-        "echo_number": _int(geo, "EchoNumbers"),
-        "echo_time": _num(geo, "EffectiveEchoTime") if "EffectiveEchoTime" in geo else _num(geo, "EchoTime"),
-        "repetition_time": _num(geo, "RepetitionTime"),
-        "flip_angle": _num(geo, "FlipAngle"),
-        "temporal_position": _int(geo, "TemporalPositionIdentifier") or _int(geo, "TemporalPositionIndex"),
-        "trigger_time": _num(geo, "TriggerTime"),
-        "slope": _num(geo, "RescaleSlope", 1.0) or 1.0,
-        "intercept": _num(geo, "RescaleIntercept", 0.0) or 0.0,
-        "bvalue": bvalue,
-        "bvec": bvec,
-    }
+    return {"bvalue": bvalue, "bvec": bvec}
+
+
+# The fields one frame of a multi-frame image may change, each with the keywords it is read from: geo is the
+# image itself, or an enhanced frame's layers (per-frame, shared groups, then the image): the frame's own type
+# (FrameType), echo time (EffectiveEchoTime) and timing come from the layer that has them.
+_PLACED: tuple[tuple[frozenset[str], Callable[[Values, Values], dict[str, Any]]], ...] = (
+    (frozenset({"ImageOrientationPatient"}), lambda ds, g: {"iop": _floats(g.get("ImageOrientationPatient"), 6)}),
+    (frozenset({"ImagePositionPatient"}), lambda ds, g: {"ipp": _floats(g.get("ImagePositionPatient"), 3)}),
+    (frozenset({"PixelSpacing"}), _spacing),
+    (frozenset({"FrameType"}), lambda ds, g: {"image_type": tuple(
+        str(v).upper() for v in _listed(g.get("FrameType") or ds.get("ImageType") or ()))}),
+    (frozenset({"EchoNumbers"}), lambda ds, g: {"echo_number": _int(g, "EchoNumbers")}),
+    (frozenset({"EffectiveEchoTime", "EchoTime"}), lambda ds, g: {
+        "echo_time": _num(g, "EffectiveEchoTime") if "EffectiveEchoTime" in g else _num(g, "EchoTime")}),
+    (frozenset({"RepetitionTime"}), lambda ds, g: {"repetition_time": _num(g, "RepetitionTime")}),
+    (frozenset({"FlipAngle"}), lambda ds, g: {"flip_angle": _num(g, "FlipAngle")}),
+    (frozenset({"TemporalPositionIdentifier", "TemporalPositionIndex"}), lambda ds, g: {
+        "temporal_position": _int(g, "TemporalPositionIdentifier") or _int(g, "TemporalPositionIndex")}),
+    (frozenset({"TriggerTime"}), lambda ds, g: {"trigger_time": _num(g, "TriggerTime")}),
+    (frozenset({"RescaleSlope"}), lambda ds, g: {"slope": _num(g, "RescaleSlope", 1.0) or 1.0}),
+    (frozenset({"RescaleIntercept"}), lambda ds, g: {"intercept": _num(g, "RescaleIntercept", 0.0) or 0.0}),
+    # GE's private gradient is given in the image frame: a frame's own orientation changes it too.
+    (frozenset({"DiffusionBValue", "DiffusionGradientOrientation", "ImageOrientationPatient"}), _diffusion_fields),
+)
+
+
+def _placed(ds: Values, geo: Values) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for _, read in _PLACED:
+        out.update(read(ds, geo))
+    return out
+
+
+def _placed_frame(ds: Values, geo: Values, base: dict[str, Any], keys: Any) -> dict[str, Any]:
+    """_placed for one frame whose own functional groups hold `keys`: only the fields read from them are read
+    again; the others are the shared groups' (base). Thousands of frames, a few keywords each."""
+    out = dict(base)
+    for words, read in _PLACED:
+        if not words.isdisjoint(keys):
+            out.update(read(ds, geo))
+    return out
 
 
 def _listed(value: Any) -> Any:
@@ -259,11 +286,15 @@ def _frames(path: Path, ds: Dataset, frames: int) -> list[SliceInfo]:
 def _fast_frames(path: Path, fast: dict[str, Any], frames: int) -> list[SliceInfo]:
     """_frames from the fast reader's functional groups (explicit VR little endian, native pixels): the same
     layers as plain dicts, so thousands of frames cost no pydicom element lookups."""
-    shared = fast.get("_shared") or {}
-    base = _slice(path, fast, {**fast, **shared}, None)
+    layers = {**fast, **(fast.get("_shared") or {})}
+    base = _slice(path, fast, layers, None)
+    shared = _placed(fast, layers)
     per_frame = fast["_frames"]
-    return [_frame_of(base, f, _placed(fast, {**fast, **shared, **(per_frame[f] if f < len(per_frame) else {})}))
-            for f in range(frames)]
+    out = []
+    for f in range(frames):
+        own = per_frame[f] if f < len(per_frame) else {}
+        out.append(_frame_of(base, f, _placed_frame(fast, {**layers, **own}, shared, own.keys())))
+    return out
 
 
 def _frame_of(base: SliceInfo, frame: int, placed: dict[str, Any]) -> SliceInfo:

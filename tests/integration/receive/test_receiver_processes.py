@@ -105,12 +105,19 @@ def test_max_associations_holds_across_the_receiver_processes_and_the_refusal_is
 def test_a_killed_receiver_process_is_replaced_and_the_node_keeps_receiving(tmp_path):
     files = write_study(StudySpec(series=[SeriesSpec(n_slices=20)]), tmp_path / "src")
     with NodeProcess(tmp_path / "node", node={"receiver_processes": 2}) as node:
-        victim = both_receivers(node)[0]
+        first = both_receivers(node)
+        victim = first[0]
         victim.send_signal(signal.SIGKILL)
         wait_for(lambda: "Receiver process" in node.log() and "died" in node.log(), timeout=30,
                  what="the death noticed")
         wait_for(lambda: len(receivers(node)) == 2 and victim.pid not in {p.pid for p in receivers(node)},
                  timeout=60, what="a replacement receiver")
+        # A replacement that dies at once again is replaced after a pause (no tight crash loop).
+        (again,) = [p for p in receivers(node) if p.pid not in {w.pid for w in first}]
+        again.send_signal(signal.SIGKILL)
+        wait_for(lambda: "restarted in 0.5 s" in node.log(), timeout=30, what="a paused replacement")
+        wait_for(lambda: len(receivers(node)) == 2 and again.pid not in {p.pid for p in receivers(node)},
+                 timeout=60, what="the second replacement")
         storescu(LOOPBACK, node.port, "DICOMNODE", files)
         assert stored(node) == {p.stem for p in files}
         assert echoscu(LOOPBACK, node.port, "DICOMNODE")

@@ -46,6 +46,18 @@ def test_every_problem_is_reported_at_once_with_its_location():
     assert len(problems) == 3
 
 
+def test_the_shipped_config_receives_in_two_processes_and_bad_counts_are_refused_with_their_location():
+    assert config_mod.load(SHIPPED, environ={}).node.receiver_processes == 2
+    for bad in (0, 65, "two", 1.5):
+        data = shipped()
+        data["node"]["receiver_processes"] = bad
+        (problem,) = problems_of(data)
+        assert problem.startswith("At 'node.receiver_processes':"), problem
+    data = shipped()
+    del data["node"]["receiver_processes"]
+    assert config_mod.parse(yaml.safe_dump(data), source="test", environ={}).node.receiver_processes == 1
+
+
 def test_an_unknown_key_is_named_with_its_section():
     data = shipped()
     data["node"]["ae_titel"] = "TYPO"

@@ -45,3 +45,24 @@ def test_responses_with_an_error_comment_and_other_messages_are_left_to_pynetdic
     echo.MessageIDBeingRespondedTo = 1
     echo.Status = 0
     assert store_response(echo) is None
+
+
+@pytest.mark.parametrize(("sop_class", "sop_instance", "syntax"), [
+    ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5.6", "1.2.840.10008.1.2.1"),
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.123456789012345678901234567890123456",
+     "1.2.840.10008.1.2.4.90"),
+    ("1.2.840.10008.5.1.4.1.1.7", "2.25.1", "1.2.840.10008.1.2"),
+])
+def test_the_file_meta_written_in_front_of_a_received_dataset_matches_pydicoms(sop_class: str, sop_instance: str,
+                                                                               syntax: str) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta
+
+    from node.receive.fastpath import file_meta_bytes
+
+    expected = DicomBytesIO()
+    write_file_meta_info(expected, create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance),
+                                                    transfer_syntax=UID(syntax)))
+    assert file_meta_bytes(sop_class, sop_instance, syntax) == expected.getvalue()
