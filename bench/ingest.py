@@ -6,8 +6,8 @@ Run from the repository root:
 Every round uses a fresh receiver (empty storage) so no receiver is timed on duplicates. Run 1: an ordinary
 sender (Nagle on, DCMTK's default) into receivers as they ship. Run 2: a Nagle-free sender (TCP_NODELAY=1) into
 the same receivers, and into storescp and Orthanc tuned the same way (`-nd`). "node" receives in the node's own
-process (node.receiver_processes 1); "node-mp" in several receiver processes (--receivers, default two per
-core: one association per process, none waiting for another's interpreter lock).
+process (node.receiver_processes 1); "node-mp" in several receiver processes (--receivers, default one per
+core, at least two).
 
 storescp does not fsync anything and Orthanc does not fsync its files; the node fsyncs every file, its
 directory and its index commit before it answers. The "durable floor" line measures what that costs alone:
@@ -35,7 +35,7 @@ from bench.report import report
 from toolkit.peers import OrthancPeer, StorescpPeer, peer_env, storescu_command
 
 RECEIVERS = ("storescp", "orthanc", "node", "node-mp")
-RECEIVER_PROCESSES = 2 * (os.cpu_count() or 1)  # node-mp's node.receiver_processes (--receivers)
+RECEIVER_PROCESSES = max(2, os.cpu_count() or 1)  # node-mp's node.receiver_processes (--receivers): one per core
 NODES = ("node", "node-mp")
 # Receivers with TCP_NODELAY=1 in their own env too: what DCMTK/Orthanc reach tuned (run 2 only).
 TUNED = {"storescp": "storescp-nd", "orthanc": "orthanc-nd"}
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per round; the median one is reported")
     parser.add_argument("--json", type=Path, help="also write the rounds as JSON to this file")
     parser.add_argument("--receivers", type=int, default=RECEIVER_PROCESSES,
-                        help=f"node.receiver_processes of node-mp (default 2 per core: {RECEIVER_PROCESSES})")
+                        help=f"node.receiver_processes of node-mp (default one per core: {RECEIVER_PROCESSES})")
     args = parser.parse_args(argv)
     globals()["RECEIVER_PROCESSES"] = args.receivers
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
