@@ -98,6 +98,7 @@ class Node:
         checks = combine_checks(
             {**health_checks(self.scp, self.disk_guard, self.config.paths.database, self.heartbeat,
                              self.config.paths.database_url),
+             **({"receivers": self.scp.health} if isinstance(self.scp, ReceiverPool) else {}),
              **self.loop_checks()}
         )
         ctx = WebContext(

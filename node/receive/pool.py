@@ -111,6 +111,12 @@ class _ForwardedMetrics(Metrics):
         with self._pending_lock:
             self._pending[key] = self._pending.get(key, 0.0) + value
 
+    def set(self, name: str, value: float, **labels: str) -> None:
+        raise ValueError(f"{name}: a receiver process forwards counters only; gauges are set in the node's process")
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        raise ValueError(f"{name}: a receiver process forwards counters only; summaries are kept in the node's process")
+
     def flush(self) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, {}
@@ -215,6 +221,16 @@ class ReceiverPool:
             return None
         host, port = self._socket.getsockname()[:2]
         return str(host), int(port)
+
+    def health(self) -> tuple[bool, str]:
+        """/healthz: every receiver process up and serving (one being replaced fails the check meanwhile)."""
+        with self._lock:
+            receivers = list(self._receivers)
+        up = [r for r in receivers if r.ready.is_set() and not r.failure and r.process.exitcode is None]
+        if len(up) == self.processes:
+            return True, f"{len(up)} receiver processes serving"
+        down = sorted({r.index for r in receivers} - {r.index for r in up})
+        return False, f"{len(up)} of {self.processes} receiver processes serving (not: {', '.join(map(str, down))})"
 
     def active_associations(self) -> int:
         with self._counts.get_lock():

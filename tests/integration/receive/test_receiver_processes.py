@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -73,6 +74,9 @@ def test_four_senders_into_two_receiver_processes_store_everything_once_and_the_
         wait_for(lambda: scrape(web).get("dicomnode_instances_received_total") == len(sent), timeout=30,
                  what="every instance counted in /metrics")
         assert scrape(web)["dicomnode_associations_active"] == 0
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{web}/healthz", timeout=10) as rsp:
+            health = json.loads(rsp.read())
+        assert health["checks"]["receivers"] == {"ok": True, "detail": "2 receiver processes serving"}
         assert "died" not in node.log()
     assert node.proc is not None and node.proc.returncode == 0
 
