@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import threading
@@ -17,6 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
+from tests.support.receivers import all_receivers, receivers
 from tests.support.waiting import wait_for
 from toolkit.dicomgen import SeriesSpec, StudySpec, multi_series_study, write_datasets, write_study
 from toolkit.nodeproc import NodeProcess
@@ -26,18 +26,8 @@ LOOPBACK = "127.0.0.1"
 MIB = 1 << 20
 
 
-def receivers(node: NodeProcess) -> list[psutil.Process]:
-    """The node's live receiver processes, as its log names them ("Receiver process N ready (pid P)")."""
-    assert node.proc is not None
-    pids = {int(m) for m in re.findall(r"Receiver process \d+ ready \(pid (\d+)\)", node.log())}
-    return [p for p in psutil.Process(node.proc.pid).children() if p.pid in pids and p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
-
-
 def both_receivers(node: NodeProcess) -> list[psutil.Process]:
-    """The two receivers, once both have said they are ready (their log lines reach the node's log through it)."""
-    return wait_for(lambda: found if len(found := receivers(node)) == 2 else None, timeout=60,
-                    what="two receivers ready")
+    return all_receivers(node, 2)
 
 
 def scrape(port: int) -> dict[str, float]:

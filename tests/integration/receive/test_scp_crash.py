@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from node.store.store import dataset_sha256
+from tests.support.receivers import all_receivers, receivers
 from tests.support.storescu_log import acknowledged, dataset_bytes
-from tests.support.waiting import wait_for
 from toolkit.dicomgen import multi_series_study, write_study
 from toolkit.nodeproc import NodeProcess
 from toolkit.peers import peer_env, storescu, storescu_command
@@ -47,18 +44,12 @@ def indexed(var: Path) -> dict[str, tuple[str, str]]:
         db.close()
 
 
-def receiver_pids(node: NodeProcess) -> list[int]:
-    """Live receiver processes of a node with node.receiver_processes > 1, as its log names them."""
-    pids = [int(m) for m in re.findall(r"Receiver process \d+ ready \(pid (\d+)\)", node.log())]
-    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-
-
 @pytest.mark.parametrize(("processes", "victim"), [(1, "node"), (2, "node"), (2, "one receiver"), (2, "every receiver")])
 def test_every_instance_acknowledged_before_a_sigkill_is_present_and_intact_after_restart(node_process, tmp_path,
                                                                                            processes, victim):
     node: NodeProcess = node_process(node={"receiver_processes": processes})
     if processes > 1:
-        wait_for(lambda: len(receiver_pids(node)) == processes, timeout=60, what="every receiver ready")
+        all_receivers(node, processes)
     sources: list[list[Path]] = []
     for i in range(SENDERS):
         study = multi_series_study(n_series=3, n_slices=30, accession=f"ACC{i}", patient_id=f"SYN{i}")
@@ -83,8 +74,8 @@ def test_every_instance_acknowledged_before_a_sigkill_is_present_and_intact_afte
     if victim == "node":
         node.kill()  # receiver processes die with it (PR_SET_PDEATHSIG)
     else:
-        for pid in receiver_pids(node)[: 1 if victim == "one receiver" else None]:
-            os.kill(pid, signal.SIGKILL)
+        for receiver in receivers(node)[: 1 if victim == "one receiver" else None]:
+            receiver.send_signal(signal.SIGKILL)
     for sender in senders:
         sender.wait(timeout=300)
     leftovers = sorted(p.name for p in (node.var / "tmp").rglob("*") if p.is_file())
