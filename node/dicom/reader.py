@@ -303,6 +303,11 @@ class _Walker:
                     into[tag] = Element(tag, short_vr, pos + 8, short_length, value_end)
                 pos = value_end
                 continue
+            if vr_bytes == b"SQ" and not group & 1 and pos + 12 <= limit:  # a standard sequence: flatten it
+                pos = self._first_item(pos + 12, self._u32.unpack_from(data, pos + 8)[0], wanted, into, depth + 1)
+                continue
+            if group == 0xFFFE and elem == 0xE00D:  # the item's delimiter
+                return pos + 8
             tag, vr, value, length, seq_like = self.header(pos)
             if tag == _ITEM_END:
                 return value
