@@ -103,11 +103,13 @@ def closed_by_peer(sock: socket.socket, payload: bytes, repeat: int) -> bool:
         return True
 
 
-def test_storescu_over_tls_stores_a_study(start_node, certificate, tmp_path):
+@pytest.mark.parametrize("receivers", [1, 2])
+def test_storescu_over_tls_stores_a_study(start_node, certificate, tmp_path, receivers):
     from toolkit.dicomgen import SeriesSpec, StudySpec, write_study
 
     key, cert = certificate
-    node = start_node(node={"tls": {"enabled": True, "certificate": str(cert), "private_key": str(key)}})
+    node = start_node(node={"tls": {"enabled": True, "certificate": str(cert), "private_key": str(key)},
+                            "receiver_processes": receivers})
     study = StudySpec(series=[SeriesSpec(n_slices=5)])
     files = write_study(study, tmp_path / "src")
     proc = subprocess.run(
