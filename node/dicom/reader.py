@@ -303,17 +303,15 @@ class _Walker:
                     into[tag] = Element(tag, short_vr, pos + 8, short_length, value_end)
                 pos = value_end
                 continue
-            if vr_bytes == b"SQ" and not group & 1 and pos + 12 <= limit:  # a standard sequence: flatten it
+            if vr_bytes == b"SQ" and not group & 1:  # a standard sequence: flatten its first item into this one
                 pos = self._first_item(pos + 12, self._u32.unpack_from(data, pos + 8)[0], wanted, into, depth + 1)
+                if pos > limit:
+                    raise ReadError(f"sequence ({group:04X},{elem:04X}) runs past its item")
                 continue
             if group == 0xFFFE and elem == 0xE00D:  # the item's delimiter
                 return pos + 8
-            tag, vr, value, length, seq_like = self.header(pos)
-            if tag == _ITEM_END:
-                return value
-            if seq_like and vr == "SQ" and not group & 1:
-                pos = self._first_item(value, length, wanted, into, depth + 1)
-            elif length == UNDEFINED:
+            tag, vr, value, length, _ = self.header(pos)
+            if length == UNDEFINED:
                 pos = self.skip_undefined(value, depth + 1)
             else:
                 pos = value + length
