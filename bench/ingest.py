@@ -94,8 +94,11 @@ def send(target: Target, files: Sequence[Path], procs: int, nodelay: bool, workd
                 proc.wait()
 
 
+Usage = Callable[[], tuple[float, float] | None]
+
+
 @contextmanager
-def receiver(kind: str, workdir: Path) -> Iterator[tuple[Target, Callable[[], tuple[float, float] | None]]]:
+def receiver(kind: str, workdir: Path, receivers: int = RECEIVER_PROCESSES) -> Iterator[tuple[Target, Usage]]:
     """A fresh receiver of the given kind; yields its target and a function giving (peak RSS MB, CPU s) so far."""
     tuned = kind in TUNED.values()
     if kind in ("storescp", TUNED["storescp"]):
@@ -109,8 +112,7 @@ def receiver(kind: str, workdir: Path) -> Iterator[tuple[Target, Callable[[], tu
             target = Target(orthanc.host, orthanc.dicom_port, "ORTHANC", orthanc.instance_count, orthanc.proc.pid)
             yield target, lambda: None
     elif kind in NODES:
-        receivers = RECEIVER_PROCESSES if kind == "node-mp" else 1
-        with NodeProcess(workdir, receiver_processes=receivers) as node:
+        with NodeProcess(workdir, receiver_processes=receivers if kind == "node-mp" else 1) as node:
             assert node.proc is not None
             sampler = RssSampler(node.proc.pid).start()
             sampler.sample()
@@ -129,16 +131,19 @@ def receiver(kind: str, workdir: Path) -> Iterator[tuple[Target, Callable[[], tu
         raise ValueError(f"unknown receiver {kind!r}")
 
 
-def median_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: Path, tag: str, repeat: int) -> Round:
+def median_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: Path, tag: str, repeat: int,
+                 receivers: int = RECEIVER_PROCESSES) -> Round:
     """Run a round `repeat` times (fresh receiver each time) and keep the one with the median time."""
-    runs = sorted((run_round(kind, files, procs, nodelay, tmp, f"{tag}{i}") for i in range(repeat)), key=lambda r: r.seconds)
+    runs = sorted((run_round(kind, files, procs, nodelay, tmp, f"{tag}{i}", receivers) for i in range(repeat)),
+                  key=lambda r: r.seconds)
     return runs[len(runs) // 2]
 
 
-def run_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: Path, tag: str) -> Round:
+def run_round(kind: str, files: Sequence[Path], procs: int, nodelay: bool, tmp: Path, tag: str,
+              receivers: int = RECEIVER_PROCESSES) -> Round:
     workdir = tmp / f"{tag}-{kind}-{procs}"
     workdir.mkdir(parents=True)
-    with receiver(kind, workdir / "peer") as (target, usage_of):
+    with receiver(kind, workdir / "peer", receivers) as (target, usage_of):
         seconds, failures = send(target, files, procs, nodelay, workdir)
         received = target.count()
         usage = usage_of()
@@ -220,7 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--receivers", type=int, default=RECEIVER_PROCESSES,
                         help=f"node.receiver_processes of node-mp (default one per core: {RECEIVER_PROCESSES})")
     args = parser.parse_args(argv)
-    globals()["RECEIVER_PROCESSES"] = args.receivers
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = set(kinds) - set(RECEIVERS)
     if unknown:
@@ -233,17 +237,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = make_mr_files(tmp / "input", args.n)
         size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
         report(f"{len(files)} MR instances, {size_kb:.1f} kB each; storescu = DCMTK, receivers on loopback; "
-               f"node-mp: node.receiver_processes {RECEIVER_PROCESSES} on {os.cpu_count()} cores")
+               f"node-mp: node.receiver_processes {args.receivers} on {os.cpu_count()} cores")
         report("run 1: sender with Nagle on (DCMTK default)")
         for procs in procs_list:
             for kind in kinds:
-                rounds.append(median_round(kind, files, procs, False, tmp, "nagle", args.repeat))
+                rounds.append(median_round(kind, files, procs, False, tmp, "nagle", args.repeat, args.receivers))
         if not args.no_nodelay_run:
             report("run 2: sender with TCP_NODELAY=1")
             for procs in procs_list:
                 run2 = kinds + [TUNED[k] for k in kinds if k in TUNED]
                 for kind in run2:
-                    rounds.append(median_round(kind, files, procs, True, tmp, "nodelay", args.repeat))
+                    rounds.append(median_round(kind, files, procs, True, tmp, "nodelay", args.repeat, args.receivers))
         floor = durable_floor(files, tmp)
     report()
     report(table(rounds, floor))
