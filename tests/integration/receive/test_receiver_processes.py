@@ -11,16 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import psycopg
 import pytest
+import yaml
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from tests.support.receivers import all_receivers, receivers
 from tests.support.waiting import wait_for
-from toolkit.dicomgen import SeriesSpec, StudySpec, multi_series_study, write_datasets, write_study
+from toolkit.dicomgen import SeriesSpec, StudySpec, make_series, multi_series_study, write_datasets, write_study
 from toolkit.nodeproc import NodeProcess
-from toolkit.peers import echoscu, free_port, peer_env, storescu, storescu_command
+from toolkit.peers import PostgresPeer, echoscu, free_port, peer_env, storescu, storescu_command
 
 LOOPBACK = "127.0.0.1"
 MIB = 1 << 20
@@ -154,8 +156,6 @@ def _large_study(folder: Path, total_mb: int, per_file_mb: int) -> list[Path]:
     side = int((per_file_mb * MIB / 2) ** 0.5)
     spec = SeriesSpec(n_slices=max(1, total_mb // per_file_mb), rows=side, cols=side, series_description="big",
                       pixel_fn=lambda r, c, k: np.full((r, c), k, dtype=np.uint16))
-    from toolkit.dicomgen import make_series
-
     return write_datasets(make_series(StudySpec(series=[]), spec), folder)
 
 
@@ -200,15 +200,11 @@ def test_receiving_a_two_gigabyte_study_over_four_associations_keeps_every_recei
 
 @pytest.fixture
 def mr_dataset() -> Dataset:
-    from toolkit.dicomgen import make_series
-
     return make_series(StudySpec(series=[]), SeriesSpec(n_slices=1))[0]
 
 
 def test_a_reload_reaches_every_receiver_process(tmp_path, mr_dataset):
     """SIGHUP with a calling-AE allow-list: no receiver still takes the AE it no longer allows."""
-    import yaml
-
     node = NodeProcess(tmp_path / "node", node={"receiver_processes": 2}).start()
     try:
         data = dict(node.data)
@@ -235,10 +231,6 @@ def test_a_reload_reaches_every_receiver_process(tmp_path, mr_dataset):
 
 
 def test_receiver_processes_index_into_postgresql_as_into_sqlite(tmp_path):
-    import psycopg
-
-    from toolkit.peers import PostgresPeer
-
     sources = [sorted(write_study(multi_series_study(n_series=1, n_slices=30, accession=f"PG{i}",
                                                      patient_id=f"PGP{i}"), tmp_path / f"src{i}"))
                for i in range(4)]
