@@ -216,3 +216,26 @@ def test_a_series_above_max_series_mb_is_skipped_with_its_reason_before_any_pixe
     assert "20 MiB" in str(outcome.skipped_reason)
     outcome, _ = _convert(datasets, tmp_path / "default", NiftiOptions(compress=False))
     assert outcome.volumes == 1 and outcome.skipped_reason is None
+
+
+@pytest.mark.parametrize("user_data", ["abc", "9", "-1", "1e400", ""])
+def test_a_ge_pepolar_flag_that_is_not_one_of_its_values_flips_and_splits_nothing(tmp_path: Path,
+                                                                                user_data: str) -> None:
+    """A damaged or unknown GE user data 12 is not guessed at: the run is written as stored, in one file."""
+    datasets = make_multivolume_series(STUDY, SeriesSpec(series_number=17, series_description="pepolar", n_slices=3,
+                                                         rows=6, cols=8,
+                                                         extra={"Manufacturer": "GE MEDICAL SYSTEMS",
+                                                                "InPlanePhaseEncodingDirection": "COL"}),
+                                       [{"TemporalPositionIdentifier": t + 1} for t in range(4)])
+    plain = write_datasets(copy.deepcopy(datasets), tmp_path / "plain")
+    for ds in datasets:
+        block = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+        block.add_new(0x9C, "LO", "epi_pepolar")
+        block.add_new(0xB3, "LO", user_data)  # LO: the value is free text here, not a DS the writer checks
+    flagged = write_datasets(datasets, tmp_path / "flagged")
+    ours = convert_series(flagged, tmp_path / "a" / "nifti", NiftiOptions(compress=False))
+    ref = convert_series(plain, tmp_path / "b" / "nifti", NiftiOptions(compress=False))
+    assert ours.error is None and [f for f in ours.files if f.endswith(".nii")] == ["nifti/17_pepolar.nii"]
+    assert not any(w.startswith("PEPOLAR") for w in ours.warnings)
+    np.testing.assert_array_equal(nib.load(tmp_path / "a" / "nifti/17_pepolar.nii").get_fdata(),
+                                  nib.load(tmp_path / "b" / ref.files[0]).get_fdata())
