@@ -237,5 +237,5 @@ def test_a_ge_pepolar_flag_that_is_not_one_of_its_values_flips_and_splits_nothin
     ref = convert_series(plain, tmp_path / "b" / "nifti", NiftiOptions(compress=False))
     assert ours.error is None and [f for f in ours.files if f.endswith(".nii")] == ["nifti/17_pepolar.nii"]
     assert not any(w.startswith("PEPOLAR") for w in ours.warnings)
-    np.testing.assert_array_equal(_load(tmp_path / "a", "nifti/17_pepolar.nii").get_fdata(),
-                                  _load(tmp_path / "b", ref.files[0]).get_fdata())
+    np.testing.assert_array_equal(_load(tmp_path / "a" / "nifti", "nifti/17_pepolar.nii").get_fdata(),
+                                  _load(tmp_path / "b" / "nifti", ref.files[0]).get_fdata())
